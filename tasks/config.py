@@ -1,0 +1,251 @@
+"""`PipelineConfig`: every setting of a `train` run, checked before anything is uploaded or launched.
+
+The config is a Prefect flow parameter, so it shows in the UI and is stored with each run. It must never hold a
+secret: credentials come from a prefect-gcp `GcpCredentials` block (or application-default credentials), the wandb
+key from a Prefect `Secret` block or a Secret Manager reference; the config only names them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ModelName = Literal["bert", "lstm"]
+LABELS = ("negative", "neutral", "positive")
+
+DEFAULT_DATA_URI = (
+    "https://huggingface.co/datasets/takala/financial_phrasebank/resolve/main/data/FinancialPhraseBank-v1.0.zip"
+)
+DEFAULT_EXECUTOR_IMAGE = "us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest"
+
+# Regions where Vertex AI custom training runs (cloud.google.com/vertex-ai/docs/general/locations).
+VERTEX_TRAINING_REGIONS = frozenset(
+    {
+        "us-central1", "us-east1", "us-east4", "us-east5", "us-south1", "us-west1", "us-west2", "us-west3",
+        "us-west4", "northamerica-northeast1", "northamerica-northeast2", "southamerica-east1",
+        "southamerica-west1", "europe-central2", "europe-north1", "europe-southwest1", "europe-west1",
+        "europe-west2", "europe-west3", "europe-west4", "europe-west6", "europe-west8", "europe-west9",
+        "europe-west12", "me-central1", "me-central2", "me-west1", "asia-east1", "asia-east2",
+        "asia-northeast1", "asia-northeast2", "asia-northeast3", "asia-south1", "asia-southeast1",
+        "asia-southeast2", "australia-southeast1", "australia-southeast2", "africa-south1",
+    }
+)  # fmt: skip
+
+# Which GPUs each machine family takes, and the counts allowed (compute engine GPU platform table).
+# For the accelerator-optimized families the count is fixed by the machine type's suffix (e.g. a2-highgpu-2g -> 2).
+GPUS_BY_MACHINE_FAMILY: dict[str, dict[str, tuple[int, ...]]] = {
+    "n1": {
+        "NVIDIA_TESLA_T4": (1, 2, 4),
+        "NVIDIA_TESLA_V100": (1, 2, 4, 8),
+        "NVIDIA_TESLA_P100": (1, 2, 4),
+        "NVIDIA_TESLA_P4": (1, 2, 4),
+    },
+    "a2-highgpu": {"NVIDIA_TESLA_A100": (1, 2, 4, 8)},
+    "a2-megagpu": {"NVIDIA_TESLA_A100": (16,)},
+    "a2-ultragpu": {"NVIDIA_A100_80GB": (1, 2, 4, 8)},
+    "g2-standard": {"NVIDIA_L4": (1, 2, 4, 8)},
+    "a3-highgpu": {"NVIDIA_H100_80GB": (1, 2, 4, 8)},
+    "a3-megagpu": {"NVIDIA_H100_MEGA_80GB": (8,)},
+    "a3-ultragpu": {"NVIDIA_H200_141GB": (8,)},
+}
+FLEX_START_GPUS = frozenset(
+    {"NVIDIA_L4", "NVIDIA_TESLA_A100", "NVIDIA_A100_80GB", "NVIDIA_H100_80GB", "NVIDIA_H100_MEGA_80GB", "NVIDIA_H200_141GB"}
+)
+_G2_GPUS = {"4": 1, "8": 1, "12": 1, "16": 1, "32": 1, "24": 2, "48": 4, "96": 8}
+
+
+def machine_family(machine_type: str) -> str:
+    """'n1-standard-8' -> 'n1', 'a2-highgpu-2g' -> 'a2-highgpu'."""
+    return "n1" if machine_type.startswith("n1-") else machine_type.rsplit("-", 1)[0]
+
+
+def _fixed_gpu_count(machine_type: str) -> int | None:
+    """GPU count implied by an accelerator-optimized machine type, None where the user chooses."""
+    suffix = machine_type.rsplit("-", 1)[-1]
+    if machine_type.startswith("g2-standard-"):
+        return _G2_GPUS.get(suffix)
+    if re.fullmatch(r"\d+g", suffix) and not machine_type.startswith("n1-"):
+        return int(suffix[:-1])
+    return None
+
+
+def tf_version_of_image(executor_image_uri: str) -> str | None:
+    """'.../tf-gpu.2-17.py310:latest' -> '2.17'; None for an image that is not a prebuilt TensorFlow one."""
+    match = re.search(r"/tf-(?:gpu|cpu)\.(\d+)-(\d+)\.py\d+", executor_image_uri)
+    return f"{match.group(1)}.{match.group(2)}" if match else None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainerParams(_Strict):
+    """Hyper-parameters passed to `python -m trainer.task`; see `trainer --help`."""
+
+    epochs: int = Field(4, ge=1, le=100, description="Maximum epochs (early stopping may end sooner).")
+    batch_size: int = Field(32, ge=1, le=4096)
+    learning_rate: float = Field(5e-5, gt=0, lt=1)
+    max_seq_len: int = Field(128, ge=8, le=512)
+    seed: int = 42
+    patience: int = Field(2, ge=0, description="Epochs without validation macro-F1 gain before stopping.")
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
+    pretrained: str | None = Field(
+        None, description="HF hub id, local dir or gs:// dir of an HF-format BERT checkpoint (bert); vocab for lstm."
+    )
+
+
+def _default_params() -> dict[str, TrainerParams]:
+    return {
+        "bert": TrainerParams(pretrained="google-bert/bert-base-uncased"),
+        "lstm": TrainerParams(epochs=10, batch_size=64, learning_rate=2e-3, patience=3),
+    }
+
+
+class DataConfig(_Strict):
+    """Where the data comes from and how it is parsed and split."""
+
+    uri: str = Field(DEFAULT_DATA_URI, description="https:// URL, gs:// URI or local path of a zip or CSV.")
+    format: Literal["auto", "phrasebank", "csv"] = "auto"
+    phrasebank_file: str = Field("Sentences_50Agree.txt", description="Member of the PhraseBank zip to read.")
+    text_column: str | int = Field("text", description="CSV column name, or 0-based index when has_header=False.")
+    label_column: str | int = "label"
+    has_header: bool | None = Field(None, description="None: sniff the CSV.")
+    label_map: dict[str, Literal["negative", "neutral", "positive"]] = Field(
+        default_factory=dict, description="Source label -> finsent label, e.g. {'0': 'negative'}."
+    )
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    validation_fraction: float = Field(0.1, gt=0, lt=1, description="Share of the non-test rows.")
+    seed: int = 42
+
+
+class WandbConfig(_Strict):
+    project: str = "finsent"
+    api_key_secret_block: str | None = Field(None, description="Prefect Secret block holding the wandb key.")
+    secret_manager_ref: str | None = Field(
+        None,
+        description="projects/P/secrets/S/versions/V: the trainer reads the key from Secret Manager, so it never "
+        "appears in the job spec.",
+    )
+
+
+class PollConfig(_Strict):
+    """Adaptive polling: quick while a job starts, slower for long jobs."""
+
+    initial_seconds: float = Field(1.0, gt=0)
+    max_seconds: float = Field(60.0, gt=0)
+    growth: float = Field(1.3, ge=1.0)
+    fast_phase_seconds: float = Field(60.0, ge=0, description="Keep polling every few seconds this long.")
+    fast_phase_max_seconds: float = Field(5.0, gt=0)
+
+
+class PipelineConfig(_Strict):
+    """Every setting of a `train` run. Validated as a whole before the first byte is uploaded."""
+
+    project: str = Field(..., description="GCP project id.")
+    region: str = "us-central1"
+    bucket: str = Field(..., description="GCS bucket (without gs://) for data, packages and models.")
+    prefix: str = Field("finsent", description="Folder inside the bucket.")
+    models: tuple[ModelName, ...] = ("bert", "lstm")
+    params: dict[ModelName, TrainerParams] = Field(default_factory=_default_params)
+    data: DataConfig = Field(default_factory=DataConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    poll: PollConfig = Field(default_factory=PollConfig)
+
+    machine_type: str = "n1-standard-8"
+    accelerator_type: str | None = "NVIDIA_TESLA_T4"
+    accelerator_count: int = Field(1, ge=0)
+    replica_count: int = Field(1, ge=1)
+    boot_disk_size_gb: int = Field(100, ge=10)
+    executor_image_uri: str = DEFAULT_EXECUTOR_IMAGE
+    scheduling_strategy: Literal["STANDARD", "SPOT", "FLEX_START"] = "STANDARD"
+    restart_job_on_worker_restart: bool = Field(True, description="Vertex restarts a preempted replica.")
+    timeout_seconds: int = Field(4 * 3600, ge=60, description="Vertex kills the job after this long.")
+    max_infra_retries: int = Field(2, ge=0, description="Resubmits after preemption/stockout failures.")
+    service_account: str | None = None
+
+    gcp_credentials_block: str | None = Field(None, description="prefect-gcp GcpCredentials block name.")
+    anonymous_credentials: bool = Field(False, description="Emulators only: send no credentials.")
+    vertex_endpoint: str | None = Field(None, description="Override, e.g. http://127.0.0.1:8470 for the emulator.")
+    force: bool = Field(False, description="Train even when data and trainer match the champion's.")
+
+    @field_validator("region")
+    @classmethod
+    def _known_region(cls, region: str) -> str:
+        if region not in VERTEX_TRAINING_REGIONS:
+            close = sorted(r for r in VERTEX_TRAINING_REGIONS if r[:6] == region[:6])[:3]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"region {region!r} does not offer Vertex AI training{hint}")
+        return region
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, bucket: str) -> str:
+        if bucket.startswith("gs://"):
+            raise ValueError(f"give the bucket name only, not {bucket!r}")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]", bucket):
+            raise ValueError(f"bucket {bucket!r} is not a valid GCS bucket name")
+        return bucket
+
+    @field_validator("models")
+    @classmethod
+    def _some_model(cls, models: tuple[str, ...]) -> tuple[str, ...]:
+        if not models:
+            raise ValueError("choose at least one of 'bert', 'lstm'")
+        return tuple(dict.fromkeys(models))
+
+    @model_validator(mode="after")
+    def _machine_and_gpu_fit(self) -> PipelineConfig:
+        family = machine_family(self.machine_type)
+        offered = GPUS_BY_MACHINE_FAMILY.get(family)
+        gpu = self.accelerator_type
+        if gpu and self.accelerator_count == 0:
+            raise ValueError(f"accelerator_type {gpu} needs accelerator_count >= 1")
+        if self.accelerator_count and not gpu:
+            raise ValueError(f"accelerator_count {self.accelerator_count} needs an accelerator_type")
+        if gpu:
+            if offered is None or gpu not in offered:
+                choices = ", ".join(sorted(offered)) if offered else "none"
+                raise ValueError(
+                    f"{gpu} is not offered on machine type {self.machine_type} (GPUs for {family}: {choices})"
+                )
+            fixed = _fixed_gpu_count(self.machine_type)
+            allowed = (fixed,) if fixed else offered[gpu]
+            if self.accelerator_count not in allowed:
+                raise ValueError(
+                    f"{self.machine_type} takes {' or '.join(map(str, allowed))} x {gpu}, "
+                    f"not {self.accelerator_count}"
+                )
+        elif offered is not None and family != "n1":
+            raise ValueError(f"machine type {self.machine_type} comes with GPUs: set accelerator_type")
+        if self.scheduling_strategy == "FLEX_START" and gpu not in FLEX_START_GPUS:
+            raise ValueError(f"FLEX_START does not offer {gpu}; use SPOT or STANDARD, or an L4/A100/H100/H200")
+        for name in self.models:
+            if name not in self.params:
+                raise ValueError(f"no hyper-parameters in params for model {name!r}")
+        return self
+
+    # --- derived names (pure) ---------------------------------------------------------------------------------
+    @property
+    def base_uri(self) -> str:
+        return f"gs://{self.bucket}/{self.prefix.strip('/')}"
+
+
+def parse_config(raw: dict | PipelineConfig) -> PipelineConfig:
+    """Validate raw settings, turning pydantic's report into one `ConfigError` line per problem."""
+    from pydantic import ValidationError
+
+    from tasks.errors import ConfigError
+
+    if isinstance(raw, PipelineConfig):
+        return raw
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err["loc"])
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+        raise ConfigError("invalid finsent config: " + "; ".join(problems)) from None
