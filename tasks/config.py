@@ -168,7 +168,6 @@ class PipelineConfig(_Strict):
     gcp_credentials_block: str | None = Field(None, description="prefect-gcp GcpCredentials block name.")
     anonymous_credentials: bool = Field(False, description="Emulators only: send no credentials.")
     vertex_endpoint: str | None = Field(None, description="Override, e.g. http://127.0.0.1:8470 for the emulator.")
-    force: bool = Field(False, description="Train even when data and trainer match the champion's.")
 
     @field_validator("region")
     @classmethod

@@ -1,0 +1,103 @@
+"""Pure parts of tasks/vertex.py: the CustomJob spec, the poll schedule and failure classification."""
+
+import copy
+
+from google.cloud import aiplatform_v1
+
+from tasks.config import PollConfig, parse_config
+from tasks.errors import RetryableJobError
+from tasks.vertex import build_custom_job, classify_failure, next_poll_delay
+
+CFG = parse_config(
+    {
+        "project": "p",
+        "bucket": "finsent-test",
+        "scheduling_strategy": "SPOT",
+        "timeout_seconds": 3600,
+        "params": {"lstm": {"epochs": 3, "batch_size": 16}, "bert": {}},
+        "wandb": {"secret_manager_ref": "projects/p/secrets/wandb/versions/1"},
+    }
+)
+
+
+def test_custom_job_spec_is_exactly_what_vertex_needs():
+    before = copy.deepcopy(CFG.model_dump())
+    job = build_custom_job(
+        CFG, "lstm", package_uri="gs://b/pkg.tar.gz", data_uri="gs://b/data/abc", output_uri="gs://b/runs/r1/lstm",
+        run_key="R1",
+    )  # fmt: skip
+    assert CFG.model_dump() == before, "building a spec must not change the config"
+    assert job == {
+        "display_name": "finsent-lstm-r1-a1",
+        "labels": {"finsent-run": "r1", "finsent-model": "lstm", "finsent-attempt": "1"},
+        "job_spec": {
+            "worker_pool_specs": [
+                {
+                    "machine_spec": {
+                        "machine_type": "n1-standard-8",
+                        "accelerator_type": "NVIDIA_TESLA_T4",
+                        "accelerator_count": 1,
+                    },
+                    "replica_count": 1,
+                    "disk_spec": {"boot_disk_type": "pd-ssd", "boot_disk_size_gb": 100},
+                    "python_package_spec": {
+                        "executor_image_uri": "us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest",
+                        "package_uris": ["gs://b/pkg.tar.gz"],
+                        "python_module": "trainer.task",
+                        "args": [
+                            "--model=lstm",
+                            "--train-data=gs://b/data/abc/train.csv",
+                            "--validation-data=gs://b/data/abc/validation.csv",
+                            "--test-data=gs://b/data/abc/test.csv",
+                            "--epochs=3",
+                            "--batch-size=16",
+                            "--learning-rate=5e-05",
+                            "--max-seq-len=128",
+                            "--seed=42",
+                            "--patience=2",
+                            "--precision=auto",
+                            "--wandb-project=finsent",
+                            "--wandb-run-name=finsent-lstm-r1-a1",
+                        ],
+                        "env": [
+                            {"name": "KERAS_BACKEND", "value": "tensorflow"},
+                            {"name": "WANDB_API_KEY_SECRET", "value": "projects/p/secrets/wandb/versions/1"},
+                            {"name": "WANDB_PROJECT", "value": "finsent"},
+                        ],
+                    },
+                }
+            ],
+            "scheduling": {"timeout": "3600s", "restart_job_on_worker_restart": True, "strategy": "SPOT"},
+            "base_output_directory": {"output_uri_prefix": "gs://b/runs/r1/lstm"},
+        },
+    }
+    # The real client accepts it as a CustomJob message.
+    assert aiplatform_v1.CustomJob(job).job_spec.scheduling.strategy == aiplatform_v1.Scheduling.Strategy.SPOT
+
+
+def test_poll_schedule_is_fast_early_and_cheap_for_long_jobs():
+    poll = PollConfig()
+    elapsed, delay, calls, first_minute_gaps = 0.0, None, 0, []
+    while elapsed < 3600:
+        delay = next_poll_delay(elapsed, delay, poll)
+        if elapsed < 60:
+            first_minute_gaps.append(delay)
+        elapsed += delay
+        calls += 1
+    assert max(first_minute_gaps) <= 10, "state changes in the first minute must be seen within 10 s"
+    assert calls < 120, f"a one-hour job took {calls} polls"
+
+
+def _failed(message, code=3):
+    return aiplatform_v1.CustomJob(
+        name="projects/p/locations/us-central1/customJobs/1",
+        state=aiplatform_v1.JobState.JOB_STATE_FAILED,
+        error={"code": code, "message": message},
+    )
+
+
+def test_preemption_is_retryable_and_user_errors_are_not():
+    assert isinstance(classify_failure(_failed("The replica workerpool0-0 was preempted", code=14)), RetryableJobError)
+    user = classify_failure(_failed("The replica workerpool0-0 exited with a non-zero status of 1.\nKeyError: x"))
+    assert not isinstance(user, RetryableJobError)
+    assert "non-zero status of 1" in str(user) and user.log_tail == "KeyError: x"
