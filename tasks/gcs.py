@@ -1,0 +1,358 @@
+"""Google Cloud Storage: the only module that imports `google.cloud.storage`.
+
+Inputs go to content-addressed paths, so an unchanged input is never uploaded twice:
+
+    {base_uri}/data/{fingerprint}/{train,validation,test}.csv + manifest.json (last)
+    {base_uri}/packages/{sha256[:16]}/{sdist filename}
+
+Writes use `if_generation_match=0` ("create only"): two concurrent runs cannot overwrite each other, and a 412
+means the object is already there. Transient errors (5xx, 429, connection resets) propagate as the client's own
+exceptions so the Prefect tasks can retry them; everything else becomes a `StorageError`/`ConfigError` line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import storage
+
+from tasks.errors import ConfigError, FinsentError, StorageError
+
+if TYPE_CHECKING:
+    from tasks.config import PipelineConfig
+    from tasks.dataset import PreparedDataset
+    from tasks.packaging import TrainerPackage
+
+__all__ = [
+    "GenerationMismatchError",
+    "ObjectNotFoundError",
+    "UploadedInputs",
+    "check_bucket",
+    "check_storage",
+    "download_bytes",
+    "download_outputs",
+    "download_prefix",
+    "exists",
+    "parse_gs_uri",
+    "read_json",
+    "read_json_versioned",
+    "storage_client",
+    "storage_client_from_env",
+    "upload_dataset",
+    "upload_if_absent",
+    "upload_inputs",
+    "upload_package",
+    "write_json",
+]
+
+NO_CREDENTIALS = "no GCP credentials: run `gcloud auth application-default login` or set gcp_credentials_block"
+
+
+class ObjectNotFoundError(StorageError):
+    """The object does not exist."""
+
+
+class GenerationMismatchError(StorageError):
+    """A conditional write lost: the object changed (or appeared) since it was read."""
+
+
+# --- clients ----------------------------------------------------------------------------------------------------
+def _anonymous_client(project: str | None) -> storage.Client:
+    from google.auth.credentials import AnonymousCredentials
+
+    # google-cloud-storage reads STORAGE_EMULATOR_HOST itself and sends plain HTTP there.
+    return storage.Client(project=project or "emulator", credentials=AnonymousCredentials())
+
+
+def storage_client(cfg: PipelineConfig) -> storage.Client:
+    """Client for `cfg`: emulator/anonymous, a prefect-gcp GcpCredentials block, or application-default credentials.
+
+    Raises:
+        ConfigError: the block does not exist, or no credentials are found.
+    """
+    if os.environ.get("STORAGE_EMULATOR_HOST") or cfg.anonymous_credentials:
+        return _anonymous_client(cfg.project)
+    if cfg.gcp_credentials_block:
+        from prefect_gcp import GcpCredentials
+
+        try:
+            block = GcpCredentials.load(cfg.gcp_credentials_block)
+        except ValueError as exc:
+            raise ConfigError(
+                f"GcpCredentials block {cfg.gcp_credentials_block!r} not found ({exc}): create it in the Prefect UI "
+                "(Blocks -> GCP Credentials) or fix gcp_credentials_block"
+            ) from None
+        try:
+            return block.get_cloud_storage_client(project=cfg.project)
+        except Exception as exc:  # DefaultCredentialsError, bad key JSON
+            raise ConfigError(f"GcpCredentials block {cfg.gcp_credentials_block!r} is unusable ({type(exc).__name__}): {NO_CREDENTIALS}") from None
+    return _default_client(cfg.project)
+
+
+def _default_client(project: str | None) -> storage.Client:
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        credentials, found_project = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+    except DefaultCredentialsError:
+        raise ConfigError(NO_CREDENTIALS) from None
+    return storage.Client(project=project or found_project, credentials=credentials)
+
+
+def storage_client_from_env(project: str | None = None) -> storage.Client:
+    """Client without a PipelineConfig: the emulator when STORAGE_EMULATOR_HOST is set, else ADC."""
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        return _anonymous_client(project)
+    return _default_client(project)
+
+
+# --- names ------------------------------------------------------------------------------------------------------
+def parse_gs_uri(uri: str) -> tuple[str, str]:
+    """'gs://bucket/a/b' -> ('bucket', 'a/b'); the name may be empty for 'gs://bucket'."""
+    if not uri.startswith("gs://"):
+        raise ConfigError(f"{uri!r} is not a gs:// URI: write gs://BUCKET/PATH")
+    bucket, _, name = uri[len("gs://") :].partition("/")
+    if not bucket:
+        raise ConfigError(f"{uri!r} has no bucket: write gs://BUCKET/PATH")
+    return bucket, name
+
+
+def _blob(client: storage.Client, uri: str) -> storage.Blob:
+    bucket, name = parse_gs_uri(uri)
+    if not name:
+        raise ConfigError(f"{uri!r} names a bucket, not an object")
+    return client.bucket(bucket).blob(name)
+
+
+def _storage_error(exc: gexc.GoogleAPICallError, uri: str, action: str) -> FinsentError:
+    if isinstance(exc, gexc.Forbidden):
+        return StorageError(
+            f"permission denied to {action} {uri}: grant the service account roles/storage.objectAdmin on the bucket"
+        )
+    if isinstance(exc, gexc.NotFound):
+        bucket, _ = parse_gs_uri(uri)
+        return ConfigError(f"bucket gs://{bucket} does not exist (or is not visible to these credentials) while trying to {action} {uri}")
+    return StorageError(f"cannot {action} {uri}: {exc.code} {exc.message}")
+
+
+_TRANSIENT = (gexc.ServerError, gexc.TooManyRequests)
+
+
+# --- basic operations -------------------------------------------------------------------------------------------
+def check_bucket(client: storage.Client, bucket: str, *, region: str = "REGION") -> None:
+    """Raise ConfigError when `bucket` does not exist or these credentials cannot see it."""
+    try:
+        client.get_bucket(bucket)
+    except (gexc.NotFound, gexc.Forbidden):
+        raise ConfigError(
+            f"bucket gs://{bucket} does not exist (or is not visible to these credentials): "
+            f"create it with `gcloud storage buckets create gs://{bucket} --location {region}`"
+        ) from None
+
+
+def exists(client: storage.Client, uri: str) -> bool:
+    try:
+        return _blob(client, uri).exists()
+    except _TRANSIENT:
+        raise
+    except gexc.GoogleAPICallError as exc:
+        raise _storage_error(exc, uri, "check") from None
+
+
+def download_bytes(client: storage.Client, uri: str) -> bytes:
+    """The object's bytes; ObjectNotFoundError when absent."""
+    try:
+        return _blob(client, uri).download_as_bytes()
+    except gexc.NotFound:
+        raise ObjectNotFoundError(f"{uri} does not exist") from None
+    except _TRANSIENT:
+        raise
+    except gexc.GoogleAPICallError as exc:
+        raise _storage_error(exc, uri, "read") from None
+
+
+def read_json_versioned(client: storage.Client, uri: str) -> tuple[dict | None, int]:
+    """(document, generation); (None, 0) when absent. Pass the generation to `write_json` for compare-and-swap."""
+    blob = _blob(client, uri)
+    try:
+        data = blob.download_as_bytes()
+    except gexc.NotFound:
+        return None, 0
+    except _TRANSIENT:
+        raise
+    except gexc.GoogleAPICallError as exc:
+        raise _storage_error(exc, uri, "read") from None
+    try:
+        return json.loads(data), int(blob.generation or 0)
+    except ValueError:
+        raise StorageError(f"{uri} is not valid JSON: delete or fix it") from None
+
+
+def read_json(client: storage.Client, uri: str) -> dict | None:
+    """The JSON document at `uri`, or None when absent."""
+    return read_json_versioned(client, uri)[0]
+
+
+def write_json(client: storage.Client, uri: str, data: Any, *, if_generation_match: int | None = None) -> int:
+    """Write `data` as JSON; returns the new generation.
+
+    `if_generation_match=0` creates only; a generation from `read_json_versioned` replaces only that version.
+
+    Raises:
+        GenerationMismatchError: the object changed since it was read (someone else wrote first).
+    """
+    blob = _blob(client, uri)
+    body = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    try:
+        blob.upload_from_string(body, content_type="application/json", if_generation_match=if_generation_match)
+    except gexc.PreconditionFailed:
+        raise GenerationMismatchError(
+            f"{uri} changed while being updated (expected generation {if_generation_match}): read it again and retry"
+        ) from None
+    except _TRANSIENT:
+        raise
+    except gexc.GoogleAPICallError as exc:
+        raise _storage_error(exc, uri, "write") from None
+    return int(blob.generation or 0)
+
+
+def upload_if_absent(client: storage.Client, local: Path, uri: str) -> bool:
+    """Upload `local` to `uri` unless an object of that name exists; True when this call uploaded it.
+
+    Names are content-addressed, so an existing object already holds these bytes. `if_generation_match=0` makes
+    two concurrent writers safe: the second gets 412, which means "already there".
+    """
+    blob = _blob(client, uri)
+    try:
+        if blob.exists():
+            return False
+        # Small files go as one multipart request, where fake-gcs-server and GCS both honour the precondition.
+        blob.upload_from_filename(str(local), if_generation_match=0)
+    except gexc.PreconditionFailed:
+        return False
+    except _TRANSIENT:
+        raise
+    except gexc.GoogleAPICallError as exc:
+        raise _storage_error(exc, uri, "upload") from None
+    return True
+
+
+def download_prefix(client: storage.Client, uri: str, local_dir: Path) -> list[Path]:
+    """Copy every object under the gs:// folder `uri` into `local_dir`, keeping relative paths."""
+    bucket, prefix = parse_gs_uri(uri)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    local_dir = Path(local_dir)
+    written = []
+    try:
+        for blob in client.list_blobs(bucket, prefix=prefix):
+            relative = PurePosixPath(blob.name[len(prefix) :])
+            if not relative.parts or blob.name.endswith("/"):
+                continue  # "folder" placeholder objects
+            if ".." in relative.parts or relative.is_absolute():
+                raise StorageError(f"refusing to download gs://{bucket}/{blob.name}: its name leaves {local_dir}")
+            target = local_dir.joinpath(*relative.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            blob.download_to_filename(str(target))
+            written.append(target)
+    except _TRANSIENT:
+        raise
+    except gexc.GoogleAPICallError as exc:
+        raise _storage_error(exc, uri, "download") from None
+    return written
+
+
+# --- content-addressed inputs -----------------------------------------------------------------------------------
+def dataset_uri(base_uri: str, fingerprint: str) -> str:
+    return f"{base_uri.rstrip('/')}/data/{fingerprint}"
+
+
+def package_uri(base_uri: str, sha256: str, filename: str) -> str:
+    return f"{base_uri.rstrip('/')}/packages/{sha256[:16]}/{filename}"
+
+
+def upload_dataset(client: storage.Client, prepared: PreparedDataset, base_uri: str) -> tuple[str, int]:
+    """Upload the split files, then the manifest, to `{base_uri}/data/{fingerprint}`.
+
+    Returns:
+        (folder URI without trailing slash, bytes uploaded). 0 bytes when the manifest was already there.
+    """
+    folder = dataset_uri(base_uri, prepared.fingerprint)
+    files = prepared.files  # splits first, manifest last: a folder with a manifest is complete
+    manifest = files[-1]
+    if exists(client, f"{folder}/{manifest.name}"):
+        return folder, 0
+    uploaded = 0
+    for path in files:
+        if upload_if_absent(client, path, f"{folder}/{path.name}"):
+            uploaded += path.stat().st_size
+    return folder, uploaded
+
+
+def upload_package(client: storage.Client, package: TrainerPackage, base_uri: str) -> tuple[str, int]:
+    """Upload the sdist to `{base_uri}/packages/{sha256[:16]}/{filename}`; returns (object URI, bytes uploaded)."""
+    uri = package_uri(base_uri, package.sha256, package.filename)
+    uploaded = upload_if_absent(client, package.path, uri)
+    return uri, package.path.stat().st_size if uploaded else 0
+
+
+# --- Prefect tasks ----------------------------------------------------------------------------------------------
+from prefect import get_run_logger, task  # noqa: E402  (the functions above need no Prefect)
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+
+def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry network trouble and 5xx/429; never a named finsent error (missing bucket, permission, bad URI)."""
+    try:
+        state.result()
+    except FinsentError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@dataclass(frozen=True)
+class UploadedInputs:
+    """Where the run's inputs live in the bucket, and what this run had to upload."""
+
+    data_uri: str
+    package_uri: str
+    data_bytes_uploaded: int
+    package_bytes_uploaded: int
+
+    @property
+    def bytes_uploaded(self) -> int:
+        return self.data_bytes_uploaded + self.package_bytes_uploaded
+
+    def split_uri(self, split: str) -> str:
+        return f"{self.data_uri}/{split}.csv"
+
+
+@task(name="check-storage", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
+def check_storage(cfg: PipelineConfig) -> None:
+    """Fail fast on missing credentials or a missing bucket, before anything is built or uploaded."""
+    check_bucket(storage_client(cfg), cfg.bucket, region=cfg.region)
+
+
+@task(name="upload-inputs", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
+def upload_inputs(cfg: PipelineConfig, prepared: PreparedDataset, package: TrainerPackage) -> UploadedInputs:
+    """Upload data set and trainer sdist to their content-addressed paths; unchanged inputs upload 0 bytes."""
+    client = storage_client(cfg)
+    data_uri, data_bytes = upload_dataset(client, prepared, cfg.base_uri)
+    pkg_uri, pkg_bytes = upload_package(client, package, cfg.base_uri)
+    get_run_logger().info(
+        "Inputs at %s and %s: %d bytes uploaded (0: both were already in the bucket)", data_uri, pkg_uri, data_bytes + pkg_bytes
+    )
+    return UploadedInputs(data_uri, pkg_uri, data_bytes, pkg_bytes)
+
+
+@task(name="download-outputs", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
+def download_outputs(cfg: PipelineConfig, uri: str, local_dir: Path) -> list[Path]:
+    """Copy a job's output folder (model, metrics.json) from the bucket to `local_dir`."""
+    return download_prefix(storage_client(cfg), uri, Path(local_dir))
