@@ -240,6 +240,11 @@ def parse_phrasebank(text: str, source: str) -> pd.DataFrame:
     return pd.DataFrame({"text": texts, "label": labels}, dtype=object)
 
 
+def _preview(row: list[str], cells: int = 4, width: int = 40) -> str:
+    shown = [cell if len(cell) <= width else cell[: width - 3] + "..." for cell in row[:cells]]
+    return repr(shown) + (f" + {len(row) - cells} more" if len(row) > cells else "")
+
+
 def _resolve_column(column: str | int, header: list[str] | None, what: str, first_row: list[str]) -> int:
     if isinstance(column, int):
         width = len(header) if header is not None else len(first_row)
@@ -248,13 +253,13 @@ def _resolve_column(column: str | int, header: list[str] | None, what: str, firs
         return column
     if header is None:
         raise DataError(
-            f"data.{what}={column!r} names a column but the CSV has no header (first row: {first_row[:3]}): "
+            f"data.{what}={column!r} names a column but the CSV has no header (first row: {_preview(first_row)}): "
             "give 0-based column indexes and has_header=False"
         )
     lowered = [name.strip().lower() for name in header]
     if column.strip().lower() not in lowered:
         raise DataError(
-            f"CSV has no column named {column!r} (header: {header[:6]}): set data.{what} to one of these, "
+            f"CSV has no column named {column!r} (header: {_preview(header)}): set data.{what} to one of these, "
             "or to a 0-based index with has_header=False"
         )
     return lowered.index(column.strip().lower())
