@@ -1,0 +1,5 @@
+import sys
+
+from emulators.vertex.server import main
+
+sys.exit(main())

@@ -1,0 +1,64 @@
+"""Domain errors raised by the emulator's backend; `routes.py` turns them into Google's JSON error envelope.
+
+Each maps to a google.rpc.Code and an HTTP status the way Google APIs do, so the real client raises the matching
+`google.api_core.exceptions` class (InvalidArgument, NotFound, FailedPrecondition, ServiceUnavailable, ...).
+"""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """An error answered to the client as `{"error": {"code": http, "message": ..., "status": STATUS}}`."""
+
+    http_status = 500
+    status = "INTERNAL"
+    rpc_code = 13
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_json(self) -> dict:
+        return {"error": {"code": self.http_status, "message": self.message, "status": self.status}}
+
+
+class InvalidArgument(ApiError):
+    http_status, status, rpc_code = 400, "INVALID_ARGUMENT", 3
+
+
+class FailedPrecondition(ApiError):
+    http_status, status, rpc_code = 400, "FAILED_PRECONDITION", 9
+
+
+class NotFound(ApiError):
+    http_status, status, rpc_code = 404, "NOT_FOUND", 5
+
+
+class Unimplemented(ApiError):
+    http_status, status, rpc_code = 501, "UNIMPLEMENTED", 12
+
+
+#: HTTP status -> google.rpc status name, for injected faults and anything else answered with a bare status.
+HTTP_TO_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def error_body(http_status: int, message: str) -> dict:
+    """The Google JSON error envelope for an arbitrary HTTP status."""
+    return {"error": {"code": http_status, "message": message, "status": HTTP_TO_STATUS.get(http_status, "UNKNOWN")}}
+
+
+class JobSetupError(Exception):
+    """The runner could not prepare a job (package download or install failed): the job ends FAILED."""

@@ -1,0 +1,77 @@
+"""Run the Vertex AI CustomJob emulator: `python -m emulators.vertex --host 127.0.0.1 --port PORT [--state-dir DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import uvicorn
+
+from emulators.vertex.backend import JobService
+from emulators.vertex.faults import Faults
+from emulators.vertex.routes import RequestLog, build_app
+from emulators.vertex.runner import InstantRunner, SubprocessRunner
+from emulators.vertex.state import JobStore
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m emulators.vertex", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="TCP port (0: a free one; see --port-file)")
+    parser.add_argument("--state-dir", default=None, help="keep jobs, logs and cached venvs here across restarts")
+    parser.add_argument("--port-file", default=None, help="write the bound port here once listening")
+    parser.add_argument("--gcs-endpoint", default=None,
+                        help="fake-gcs-server URL (sets STORAGE_EMULATOR_HOST for package downloads and jobs)")
+    parser.add_argument("--runner", choices=["subprocess", "instant"], default="subprocess")
+    parser.add_argument("--tick", type=float, default=0.2, help="seconds QUEUED, PENDING and CANCELLING last at least")
+    parser.add_argument("--kill-grace", type=float, default=2.0, help="seconds between SIGTERM and SIGKILL")
+    parser.add_argument("--no-venv-cache", action="store_true", help="install packages into a fresh venv per job")
+    parser.add_argument("--log-level", default="warning")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.gcs_endpoint:
+        os.environ["STORAGE_EMULATOR_HOST"] = args.gcs_endpoint
+    tmp = None
+    if args.state_dir:
+        data_dir = Path(args.state_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="vertex-emulator-")
+        data_dir = Path(tmp.name)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    port = sock.getsockname()[1]
+    base_url = f"http://{args.host}:{port}"
+    runner = InstantRunner() if args.runner == "instant" else SubprocessRunner(data_dir, cache_venvs=not args.no_venv_cache)
+    faults = Faults()
+    service = JobService(JobStore(args.state_dir), runner, faults, data_dir, base_url, tick=args.tick,
+                         kill_grace=args.kill_grace)
+    app = build_app(service, faults, RequestLog())
+    service.recover()
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=3)
+    server = uvicorn.Server(config)
+    if args.port_file:
+        Path(args.port_file).write_text(str(port))
+    print(f"Vertex AI emulator listening on {base_url} (state: {args.state_dir or 'memory'})", flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        service.shutdown()
+        if tmp is not None:
+            tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

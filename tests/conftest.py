@@ -1,0 +1,58 @@
+"""Shared pytest fixtures. Each owner keeps fixtures in a marked block; keep this file importable."""
+
+# ---- emulators (owner: emulators/; see docs/emulators.md) ------------------------------------------------------
+import os as _os
+import uuid as _uuid
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """fake-gcs-server on a free port (memory backend), with STORAGE_EMULATOR_HOST set for the session.
+
+    Yields `emulators.gcs.FakeGcs`: `.endpoint`, `.create_bucket(name)`, `.env`.
+    """
+    from emulators.gcs import FakeGcs
+
+    previous = _os.environ.get("STORAGE_EMULATOR_HOST")
+    with FakeGcs() as gcs:
+        _os.environ["STORAGE_EMULATOR_HOST"] = gcs.endpoint
+        try:
+            yield gcs
+        finally:
+            if previous is None:
+                _os.environ.pop("STORAGE_EMULATOR_HOST", None)
+            else:
+                _os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+@pytest.fixture(scope="session")
+def vertex_emulator(gcs_emulator, tmp_path_factory):
+    """The Vertex AI CustomJob emulator in a subprocess, wired to `gcs_emulator`, with a state dir.
+
+    Yields `emulators.vertex.VertexEmulator`: `.endpoint` (the aiplatform `api_endpoint`), `.admin`.
+    """
+    from emulators.vertex import VertexEmulator
+
+    with VertexEmulator(gcs_endpoint=gcs_emulator.endpoint,
+                        state_dir=tmp_path_factory.mktemp("vertex-emulator-state")) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def vertex_admin(vertex_emulator):
+    """`vertex_emulator.admin` with faults and the request log cleared before and after the test."""
+    admin = vertex_emulator.admin
+    admin.reset()
+    yield admin
+    admin.reset()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator):
+    """A fresh, empty bucket name on `gcs_emulator`."""
+    name = f"test-{_uuid.uuid4().hex[:12]}"
+    gcs_emulator.create_bucket(name)
+    return name
+# ---- end emulators ---------------------------------------------------------------------------------------------

@@ -1,0 +1,92 @@
+"""Fixtures for the emulator tests: the training sdist in fake GCS and real aiplatform clients."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+
+from emujob_sdist import build_sdist
+
+PROJECT, LOCATION = "finsent-test", "us-central1"
+PARENT = f"projects/{PROJECT}/locations/{LOCATION}"
+EXECUTOR = "us-docker.pkg.dev/vertex-ai/training/tf-cpu.2-17.py310:latest"
+
+
+@pytest.fixture(scope="session")
+def job_bucket(gcs_emulator):
+    name = "emulator-tests"
+    gcs_emulator.create_bucket(name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def package_uri(gcs_emulator, job_bucket):
+    """gs:// URI of the `emujob` sdist uploaded to fake GCS."""
+    from google.cloud import storage
+
+    client = storage.Client(credentials=AnonymousCredentials(), project="emulator")
+    blob = client.bucket(job_bucket).blob("packages/emujob-0.1.0.tar.gz")
+    blob.upload_from_string(build_sdist(), content_type="application/gzip")
+    return f"gs://{job_bucket}/packages/emujob-0.1.0.tar.gz"
+
+
+def make_client(endpoint: str):
+    from google.cloud import aiplatform_v1
+
+    return aiplatform_v1.JobServiceClient(
+        transport="rest", credentials=AnonymousCredentials(), client_options={"api_endpoint": endpoint}
+    )
+
+
+@pytest.fixture(scope="session")
+def job_client(vertex_emulator):
+    """The real REST JobServiceClient pointed at the session emulator."""
+    return make_client(vertex_emulator.endpoint)
+
+
+@pytest.fixture
+def make_job(package_uri, job_bucket):
+    """Build a CustomJob dict for module `module` of the emujob package, with a unique label and output dir."""
+
+    def _make(module: str = "write", args: list[str] | None = None, *, display_name: str | None = None,
+              restart_on_worker_restart: bool = False, machine_spec: dict | None = None, **extra) -> dict:
+        run = uuid.uuid4().hex[:12]
+        job = {
+            "display_name": display_name or f"emu-{module}-{run}",
+            "labels": {"run": run},
+            "job_spec": {
+                "worker_pool_specs": [{
+                    "machine_spec": machine_spec or {"machine_type": "n1-standard-4"},
+                    "replica_count": 1,
+                    "python_package_spec": {
+                        "executor_image_uri": EXECUTOR,
+                        "package_uris": [package_uri],
+                        "python_module": f"emujob.{module}",
+                        "args": args or [],
+                        "env": [{"name": "GREETING", "value": "hello"}],
+                    },
+                }],
+                "base_output_directory": {"output_uri_prefix": f"gs://{job_bucket}/runs/{run}"},
+                "scheduling": {"restart_job_on_worker_restart": restart_on_worker_restart},
+            },
+        }
+        job.update(extra)
+        return job
+
+    return _make
+
+
+def wait_for_state(client, name: str, states: set[str], timeout: float = 60.0):
+    """Poll get_custom_job until the state name is in `states`; raise with the last state on timeout."""
+    deadline = time.monotonic() + timeout
+    job = None
+    while time.monotonic() < deadline:
+        job = client.get_custom_job(name=name)
+        if job.state.name in states:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"{name} did not reach {states} in {timeout} s; last state "
+                         f"{job.state.name if job else None}, error {job.error if job else None}")
