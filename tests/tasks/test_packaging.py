@@ -1,0 +1,155 @@
+"""tasks/packaging.py: same source -> same bytes; the tensorflow-text pin; no secrets inside."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tasks.errors import ConfigError
+from tasks.packaging import build_trainer_sdist, package_trainer
+from tests.tasks.conftest import REPO
+
+PYPROJECT = """\
+[build-system]
+requires = ["setuptools>=64"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "tiny-trainer"
+version = "0.0.1"
+requires-python = ">=3.10"
+dynamic = ["dependencies"]
+
+[tool.setuptools.dynamic]
+dependencies = { file = ["requirements.txt"] }
+
+[tool.setuptools.packages.find]
+where = ["src"]
+"""
+
+
+@pytest.fixture
+def tiny_trainer(tmp_path) -> Path:
+    """A minimal project shaped like trainer/ (dependencies read from requirements.txt)."""
+    root = tmp_path / "tiny"
+    (root / "src" / "tiny").mkdir(parents=True)
+    (root / "pyproject.toml").write_text(PYPROJECT)
+    (root / "MANIFEST.in").write_text("include requirements.txt\n")
+    (root / "requirements.txt").write_text("numpy>=1.23\n")
+    (root / "src" / "tiny" / "__init__.py").write_text("VALUE = 1\n")
+    (root / "src" / "tiny" / "task.py").write_text("print('train')\n")
+    return root
+
+
+def members(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path) as archive:
+        return {m.name: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}
+
+
+def touch_caches(root: Path) -> None:
+    """What a developer's checkout accumulates between two builds."""
+    (root / "src" / "tiny" / "__pycache__").mkdir(exist_ok=True)
+    (root / "src" / "tiny" / "__pycache__" / "task.cpython-311.pyc").write_bytes(uuid.uuid4().bytes)
+    (root / "build").mkdir(exist_ok=True)
+    (root / "build" / "junk.txt").write_text(uuid.uuid4().hex)
+    (root / ".pytest_cache").mkdir(exist_ok=True)
+    for path in root.rglob("*"):
+        path.touch()  # new mtimes everywhere
+
+
+class TestReproducible:
+    def test_same_source_same_bytes(self, tiny_trainer, tmp_path):
+        first = build_trainer_sdist(tiny_trainer, tmp_path / "a", tf_version="2.17")
+        touch_caches(tiny_trainer)
+        second = build_trainer_sdist(tiny_trainer, tmp_path / "b", tf_version="2.17")
+        assert first.sha256 == second.sha256
+        assert first.path.read_bytes() == second.path.read_bytes()
+        assert first.filename == "tiny_trainer-0.0.1.tar.gz" and first.path.name == first.filename
+        assert not any("__pycache__" in n or "/build/" in n or ".pytest_cache" in n for n in members(second.path))
+
+    def test_changed_source_changes_hash(self, tiny_trainer, tmp_path):
+        first = build_trainer_sdist(tiny_trainer, tmp_path / "a", tf_version=None)
+        (tiny_trainer / "src" / "tiny" / "task.py").write_text("print('train harder')\n")
+        assert build_trainer_sdist(tiny_trainer, tmp_path / "b", tf_version=None).sha256 != first.sha256
+
+    def test_archive_is_normalised(self, tiny_trainer, tmp_path):
+        package = build_trainer_sdist(tiny_trainer, tmp_path, tf_version=None)
+        raw = package.path.read_bytes()
+        assert raw[4:8] == b"\x00\x00\x00\x00"  # gzip header mtime 0
+        with tarfile.open(fileobj=io.BytesIO(raw)) as archive:
+            infos = archive.getmembers()
+        assert [i.name for i in infos] == sorted(i.name for i in infos)
+        assert {(i.mtime, i.uid, i.gid, i.uname, i.gname) for i in infos} == {(315532800, 0, 0, "", "")}
+
+    def test_real_trainer_builds_reproducibly(self, tmp_path):
+        trainer = REPO / "trainer"
+        if not (trainer / "pyproject.toml").exists():
+            pytest.skip("trainer/pyproject.toml not written yet")
+        first = build_trainer_sdist(trainer, tmp_path / "a", tf_version="2.17")
+        second = build_trainer_sdist(trainer, tmp_path / "b", tf_version="2.17")
+        assert first.sha256 == second.sha256
+        assert any(name.endswith("src/trainer/__init__.py") for name in members(first.path))
+
+
+class TestTensorflowTextPin:
+    def test_pin_for_image_tf_version(self, tiny_trainer, tmp_path):
+        package = build_trainer_sdist(tiny_trainer, tmp_path, tf_version="2.17")
+        files = members(package.path)
+        requirements = files["tiny_trainer-0.0.1/requirements.txt"].decode()
+        assert requirements.splitlines() == ["numpy>=1.23", "tensorflow-text==2.17.*"]
+        assert "Requires-Dist: tensorflow-text==2.17.*" in files["tiny_trainer-0.0.1/PKG-INFO"].decode()
+        # the source tree itself is untouched
+        assert (tiny_trainer / "requirements.txt").read_text() == "numpy>=1.23\n"
+
+    def test_existing_pin_is_replaced_not_duplicated(self, tiny_trainer, tmp_path):
+        (tiny_trainer / "requirements.txt").write_text("numpy>=1.23\ntensorflow-text\n")
+        package = build_trainer_sdist(tiny_trainer, tmp_path, tf_version="2.15")
+        requirements = members(package.path)["tiny_trainer-0.0.1/requirements.txt"].decode()
+        assert requirements.splitlines() == ["numpy>=1.23", "tensorflow-text==2.15.*"]
+
+    def test_no_pin_without_tf_image(self, tiny_trainer, tmp_path):
+        package = build_trainer_sdist(tiny_trainer, tmp_path, tf_version=None)
+        assert b"tensorflow-text" not in b"".join(members(package.path).values())
+
+    def test_bad_tf_version(self, tiny_trainer, tmp_path):
+        with pytest.raises(ConfigError, match=r"tf_version '2' is not MAJOR.MINOR"):
+            build_trainer_sdist(tiny_trainer, tmp_path, tf_version="2")
+
+
+class TestSecrets:
+    def test_env_secret_and_secret_files_stay_out(self, tiny_trainer, tmp_path, monkeypatch):
+        secret = f"wandb-{uuid.uuid4().hex}"
+        monkeypatch.setenv("WANDB_API_KEY", secret)
+        (tiny_trainer / ".env").write_text(f"WANDB_API_KEY={secret}\n")
+        (tiny_trainer / "sa-key.json").write_text('{"private_key": "-----BEGIN PRIVATE KEY-----"}')
+        (tiny_trainer / "wandb").mkdir()
+        (tiny_trainer / "wandb" / "settings").write_text(f"api_key={secret}\n")
+        package = build_trainer_sdist(tiny_trainer, tmp_path / "out", tf_version="2.17")
+        raw = package.path.read_bytes()
+        files = members(package.path)
+        assert secret.encode() not in raw and not any(secret.encode() in body for body in files.values())
+        assert not any(n.endswith((".env", "sa-key.json")) or "/wandb/" in n for n in files)
+
+    def test_secret_in_source_is_refused(self, tiny_trainer, tmp_path, monkeypatch):
+        secret = f"wandb-{uuid.uuid4().hex}"
+        monkeypatch.setenv("WANDB_API_KEY", secret)
+        (tiny_trainer / "src" / "tiny" / "settings.py").write_text(f"KEY = {secret!r}\n")
+        with pytest.raises(ConfigError, match=r"contains the value of \$WANDB_API_KEY in .*settings.py"):
+            build_trainer_sdist(tiny_trainer, tmp_path / "out", tf_version=None)
+        assert not list((tmp_path / "out").glob("*.tar.gz"))
+
+    def test_missing_project(self, tmp_path):
+        with pytest.raises(ConfigError, match=r"has no pyproject.toml"):
+            build_trainer_sdist(tmp_path, tmp_path / "out", tf_version=None)
+
+
+def test_task_fn(tiny_trainer, tmp_path):
+    from prefect.logging import disable_run_logger
+
+    with disable_run_logger():
+        package = package_trainer.fn(tiny_trainer, tmp_path, "2.17")
+    assert package.path.exists() and package_trainer.name == "package-trainer"
