@@ -118,6 +118,11 @@ class DataConfig(_Strict):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     validation_fraction: float = Field(0.1, gt=0, lt=1, description="Share of the non-test rows.")
     seed: int = 42
+    split_column: str | int | None = Field(
+        None,
+        description="CSV column holding a predefined split (train / validation|val|dev / test); "
+        "None: stratified seeded split by the fractions above.",
+    )
 
 
 class WandbConfig(_Strict):

@@ -291,13 +291,20 @@ def parse_csv(text: str, cfg: DataConfig, source: str) -> pd.DataFrame:
     short = [n for n, row in enumerate(body, start=2 if has_header else 1) if len(row) <= needed]
     if short:
         raise DataError(f"{source} rows {short[:5]} have fewer than {needed + 1} columns: check the delimiter and quoting")
-    return pd.DataFrame({"text": [r[text_index] for r in body], "label": [r[label_index] for r in body]}, dtype=object)
+    frame = pd.DataFrame({"text": [r[text_index] for r in body], "label": [r[label_index] for r in body]}, dtype=object)
+    if cfg.split_column is not None:
+        split_index = _resolve_column(cfg.split_column, header, "split_column", rows[0])
+        if any(len(row) <= split_index for row in body):
+            raise DataError(f"{source} has rows without the split column {cfg.split_column!r}: check the delimiter and quoting")
+        frame["split"] = [row[split_index] for row in body]
+    return frame
 
 
 def _sniff_header(rows: list[list[str]], cfg: DataConfig) -> bool:
     """Named columns mean a header. With indexes: a header when row 1's label is not a label but row 2's is."""
     if isinstance(cfg.text_column, str) or isinstance(cfg.label_column, str):
-        wanted = {str(c).strip().lower() for c in (cfg.text_column, cfg.label_column) if isinstance(c, str)}
+        named = (cfg.text_column, cfg.label_column, cfg.split_column)
+        wanted = {c.strip().lower() for c in named if isinstance(c, str)}
         return wanted <= {cell.strip().lower() for cell in rows[0]}
     index = cfg.label_column
     known = _label_lookup(cfg)
@@ -344,7 +351,10 @@ def map_labels(frame: pd.DataFrame, cfg: DataConfig, source: str) -> pd.DataFram
         raise DataError(
             f"{source} has unknown labels {shown}{more}: map them with data.label_map, e.g. {{{example!r}: 'positive'}}"
         )
-    return pd.DataFrame({"text": frame["text"].astype(str).str.strip(), "label": mapped.astype(str)})
+    result = pd.DataFrame({"text": frame["text"].astype(str).str.strip(), "label": mapped.astype(str)})
+    if "split" in frame:
+        result["split"] = frame["split"]
+    return result
 
 
 def dedupe(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -409,6 +419,26 @@ def stratified_split(frame: pd.DataFrame, *, test_fraction: float, validation_fr
     return {split: frame.loc[sorted(rows)].reset_index(drop=True) for split, rows in chosen.items()}
 
 
+_SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
+                "val": "validation", "dev": "validation", "test": "test", "testing": "test"}  # fmt: skip
+
+
+def predefined_split(frame: pd.DataFrame, source: str) -> dict[str, pd.DataFrame]:
+    """Use the split column of the source (data.split_column) instead of drawing one."""
+    names = frame["split"].astype(str).str.strip().str.lower().map(_SPLIT_NAMES)
+    unknown = sorted(set(frame.loc[names.isna(), "split"].astype(str)))
+    if unknown:
+        raise DataError(f"{source} has unknown split names {unknown[:5]} in data.split_column: use train, validation (val, dev) or test")
+    parts = {split: frame.loc[names == split, ["text", "label"]].reset_index(drop=True) for split in SPLITS}
+    empty = [split for split, part in parts.items() if part.empty]
+    if empty:
+        raise DataError(f"{source} has no {' or '.join(empty)} rows in its predefined split: add them, or unset data.split_column")
+    missing = [label for label in LABELS if not (parts["train"]["label"] == label).any()]
+    if missing:
+        raise DataError(f"{source} has no {' or '.join(missing)} examples in its train split: every class needs training examples")
+    return parts
+
+
 # --- write ------------------------------------------------------------------------------------------------------
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -425,6 +455,8 @@ def _csv_bytes(frame: pd.DataFrame) -> bytes:
 
 
 def split_params(cfg: DataConfig) -> dict[str, Any]:
+    if cfg.split_column is not None:
+        return {"predefined": True, "split_column": cfg.split_column}
     return {"seed": cfg.seed, "test_fraction": cfg.test_fraction, "validation_fraction": cfg.validation_fraction, "stratified": True}
 
 
@@ -498,6 +530,8 @@ def prepare_dataset(cfg: DataConfig, work_dir: Path, *, gcs_client: Any | None =
     fmt = cfg.format
     if fmt == "auto":
         fmt = "phrasebank" if _looks_like_phrasebank(text) else "csv"
+    if fmt == "phrasebank" and cfg.split_column is not None:
+        raise DataError(f"data.split_column is set but {where} is a PhraseBank file (no columns): unset it or use a CSV")
     frame = parse_phrasebank(text, where) if fmt == "phrasebank" else parse_csv(text, cfg, where)
     if frame.empty:
         raise DataError(f"{where} has no rows: the file is empty")
@@ -506,9 +540,12 @@ def prepare_dataset(cfg: DataConfig, work_dir: Path, *, gcs_client: Any | None =
     validate(frame, where)
 
     params = split_params(cfg)
-    splits = stratified_split(
-        frame, test_fraction=cfg.test_fraction, validation_fraction=cfg.validation_fraction, seed=cfg.seed
-    )
+    if cfg.split_column is not None:
+        splits = predefined_split(frame, where)
+    else:
+        splits = stratified_split(
+            frame, test_fraction=cfg.test_fraction, validation_fraction=cfg.validation_fraction, seed=cfg.seed
+        )
     files = {split: _csv_bytes(part) for split, part in splits.items()}
     fingerprint = fingerprint_splits(files, params)
     manifest = {

@@ -157,6 +157,22 @@ class TestParsing:
         assert prepared.manifest["counts"]["all"] == {"negative": 10, "neutral": 10, "positive": 10, "total": 30}
         assert "café" in prepared.path("train").read_text(encoding="utf-8")
 
+    def test_predefined_split_column(self, tmp_path):
+        names = ["train"] * 6 + ["dev", "test", "TEST", "train"]
+        rows = ["text,label,fold"] + [f"Line {i} {lab},{lab},{names[i % 10]}" for lab in LABELS for i in range(10)]
+        uri = write(tmp_path, "d.csv", ("\n".join(rows) + "\n").encode())
+        prepared = prepare_dataset(DataConfig(uri=uri, split_column="fold"), tmp_path / "w")
+        assert [prepared.manifest["counts"][s]["total"] for s in SPLITS] == [21, 3, 6]
+        assert prepared.manifest["split"] == {"predefined": True, "split_column": "fold"}
+        assert read_split(prepared.path("validation"))[0] == {"text": "Line 6 negative", "label": "negative"}
+
+    def test_predefined_split_with_unknown_names(self, tmp_path):
+        rows = ["text,label,fold"] + [f"Line {i} {lab},{lab},{'holdout' if i == 0 else 'train'}" for lab in LABELS for i in range(5)]
+        uri = write(tmp_path, "d.csv", ("\n".join(rows) + "\n").encode())
+        with pytest.raises(DataError, match=r"unknown split names \['holdout'\] in data.split_column"):
+            prepare_dataset(DataConfig(uri=uri, split_column="fold"), tmp_path / "w")
+        assert_nothing_written(tmp_path / "w")
+
     def test_labels_are_case_insensitive(self, tmp_path):
         text = phrasebank_text().replace("@positive", "@Positive ").replace("@negative", "@NEGATIVE")
         prepared = prepare_dataset(DataConfig(uri=write(tmp_path, "p.txt", text.encode())), tmp_path / "w")
