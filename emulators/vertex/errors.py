@@ -14,16 +14,29 @@ class ApiError(Exception):
     status = "INTERNAL"
     rpc_code = 13
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, details: list[dict] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.details = details or []
 
     def to_json(self) -> dict:
-        return {"error": {"code": self.http_status, "message": self.message, "status": self.status}}
+        error = {"code": self.http_status, "message": self.message, "status": self.status}
+        if self.details:
+            error["details"] = self.details
+        return {"error": error}
 
 
 class InvalidArgument(ApiError):
+    """HTTP 400. Note: the REST client maps by HTTP status, so callers see google.api_core's `BadRequest`
+    (the parent of `InvalidArgument`, which only the gRPC transport raises); `status` tells them apart."""
+
     http_status, status, rpc_code = 400, "INVALID_ARGUMENT", 3
+
+
+def bad_request_details(violations: list[tuple[str, str]]) -> list[dict]:
+    """google.rpc.BadRequest details, as Google APIs attach to INVALID_ARGUMENT errors."""
+    return [{"@type": "type.googleapis.com/google.rpc.BadRequest",
+             "fieldViolations": [{"field": f, "description": d} for f, d in violations]}]
 
 
 class FailedPrecondition(ApiError):

@@ -16,7 +16,7 @@ from emulators.vertex.catalog import (
     SCHEDULING_STRATEGIES,
     accelerator_offer,
 )
-from emulators.vertex.errors import InvalidArgument
+from emulators.vertex.errors import InvalidArgument, bad_request_details
 
 #: CustomJob fields the server owns; a client that sends them is ignored, as the real API does.
 OUTPUT_ONLY = ("name", "state", "createTime", "startTime", "endTime", "updateTime", "error", "webAccessUris")
@@ -138,7 +138,7 @@ def validate_custom_job(job: dict, location: str) -> None:
         errors.extend(_pool_errors(i, pool, strategy))
     if errors:
         found = "".join(f"{n}.Field: {field}; Message: {msg}\t" for n, (field, msg) in enumerate(errors, 1))
-        raise InvalidArgument(f"List of found errors:\t{found}")
+        raise InvalidArgument(f"List of found errors:\t{found}", bad_request_details(errors))
 
 
 def _pool_errors(i: int, pool: dict, strategy: str | None) -> list[tuple[str, str]]:
