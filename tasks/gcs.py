@@ -41,6 +41,8 @@ __all__ = [
     "parse_gs_uri",
     "read_json",
     "read_json_versioned",
+    "read_json_with_generation",
+    "PreconditionFailed",
     "storage_client",
     "storage_client_from_env",
     "upload_dataset",
@@ -59,6 +61,9 @@ class ObjectNotFoundError(StorageError):
 
 class GenerationMismatchError(StorageError):
     """A conditional write lost: the object changed (or appeared) since it was read."""
+
+
+PreconditionFailed = GenerationMismatchError  # the name tasks/report.py catches
 
 
 # --- clients ----------------------------------------------------------------------------------------------------
@@ -192,6 +197,9 @@ def read_json_versioned(client: storage.Client, uri: str) -> tuple[dict | None, 
         return json.loads(data), int(blob.generation or 0)
     except ValueError:
         raise StorageError(f"{uri} is not valid JSON: delete or fix it") from None
+
+
+read_json_with_generation = read_json_versioned
 
 
 def read_json(client: storage.Client, uri: str) -> dict | None:
@@ -341,11 +349,24 @@ def check_storage(cfg: PipelineConfig) -> None:
 
 
 @task(name="upload-inputs", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
-def upload_inputs(cfg: PipelineConfig, prepared: PreparedDataset, package: TrainerPackage) -> UploadedInputs:
-    """Upload data set and trainer sdist to their content-addressed paths; unchanged inputs upload 0 bytes."""
-    client = storage_client(cfg)
-    data_uri, data_bytes = upload_dataset(client, prepared, cfg.base_uri)
-    pkg_uri, pkg_bytes = upload_package(client, package, cfg.base_uri)
+def upload_inputs(
+    target: PipelineConfig | storage.Client,
+    prepared: PreparedDataset,
+    package: TrainerPackage,
+    base_uri: str | None = None,
+) -> UploadedInputs:
+    """Upload data set and trainer sdist to their content-addressed paths; unchanged inputs upload 0 bytes.
+
+    `target` is a PipelineConfig (client and base URI from it) or a storage client (then `base_uri` is required).
+    """
+    if isinstance(target, storage.Client):
+        if not base_uri:
+            raise ConfigError("upload_inputs(client, ...) needs base_uri, e.g. cfg.base_uri")
+        client = target
+    else:
+        client, base_uri = storage_client(target), base_uri or target.base_uri
+    data_uri, data_bytes = upload_dataset(client, prepared, base_uri)
+    pkg_uri, pkg_bytes = upload_package(client, package, base_uri)
     get_run_logger().info(
         "Inputs at %s and %s: %d bytes uploaded (0: both were already in the bucket)", data_uri, pkg_uri, data_bytes + pkg_bytes
     )

@@ -176,6 +176,9 @@ class TestUploads:
         assert second.data_uri == f"gs://{gcs_bucket}/runs/data/{prepared.fingerprint}"
         assert second.split_uri("train") == f"{second.data_uri}/train.csv"
         assert gcs.upload_inputs.name == "upload-inputs"
+        with disable_run_logger():
+            by_client = gcs.upload_inputs.fn(gcs.storage_client(cfg), prepared, package, cfg.base_uri)
+        assert by_client == second
 
 
 class TestJsonAndDownload:
@@ -186,9 +189,9 @@ class TestJsonAndDownload:
     def test_compare_and_swap(self, client, gcs_bucket):
         uri = f"gs://{gcs_bucket}/champion.json"
         generation = gcs.write_json(client, uri, {"model": "bert", "macro_f1": 0.8}, if_generation_match=0)
-        with pytest.raises(gcs.GenerationMismatchError, match=r"champion.json changed while being updated"):
+        with pytest.raises(gcs.PreconditionFailed, match=r"champion.json changed while being updated"):
             gcs.write_json(client, uri, {"model": "lstm"}, if_generation_match=0)
-        doc, seen = gcs.read_json_versioned(client, uri)
+        doc, seen = gcs.read_json_with_generation(client, uri)
         assert doc == {"model": "bert", "macro_f1": 0.8} and seen == generation
         gcs.write_json(client, uri, {"model": "lstm"}, if_generation_match=seen)
         with pytest.raises(gcs.GenerationMismatchError):
