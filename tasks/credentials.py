@@ -27,6 +27,11 @@ def gcp_credentials(cfg: PipelineConfig) -> Credentials:
                 "(Blocks > GCP Credentials) or fix gcp_credentials_block"
             ) from exc
         return block.get_credentials_from_service_account()
+    return application_default_credentials()
+
+
+def application_default_credentials() -> Credentials:
+    """ADC (gcloud login, GOOGLE_APPLICATION_CREDENTIALS, or the metadata server), or a ConfigError saying how."""
     import google.auth
     from google.auth.exceptions import DefaultCredentialsError
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
+from tasks.credentials import application_default_credentials, gcp_credentials
 from tasks.errors import ConfigError, FinsentError, StorageError
 
 if TYPE_CHECKING:
@@ -52,7 +53,6 @@ __all__ = [
     "write_json",
 ]
 
-NO_CREDENTIALS = "no GCP credentials: run `gcloud auth application-default login` or set gcp_credentials_block"
 
 
 class ObjectNotFoundError(StorageError):
@@ -75,46 +75,21 @@ def _anonymous_client(project: str | None) -> storage.Client:
 
 
 def storage_client(cfg: PipelineConfig) -> storage.Client:
-    """Client for `cfg`: emulator/anonymous, a prefect-gcp GcpCredentials block, or application-default credentials.
+    """Client for `cfg`: anonymous against the emulator, else the credentials of `tasks/credentials.py`.
 
     Raises:
-        ConfigError: the block does not exist, or no credentials are found.
+        ConfigError: the credentials block does not exist, or no credentials are found.
     """
     if os.environ.get("STORAGE_EMULATOR_HOST") or cfg.anonymous_credentials:
         return _anonymous_client(cfg.project)
-    if cfg.gcp_credentials_block:
-        from prefect_gcp import GcpCredentials
-
-        try:
-            block = GcpCredentials.load(cfg.gcp_credentials_block)
-        except ValueError as exc:
-            raise ConfigError(
-                f"GcpCredentials block {cfg.gcp_credentials_block!r} not found ({exc}): create it in the Prefect UI "
-                "(Blocks -> GCP Credentials) or fix gcp_credentials_block"
-            ) from None
-        try:
-            return block.get_cloud_storage_client(project=cfg.project)
-        except Exception as exc:  # DefaultCredentialsError, bad key JSON
-            raise ConfigError(f"GcpCredentials block {cfg.gcp_credentials_block!r} is unusable ({type(exc).__name__}): {NO_CREDENTIALS}") from None
-    return _default_client(cfg.project)
-
-
-def _default_client(project: str | None) -> storage.Client:
-    import google.auth
-    from google.auth.exceptions import DefaultCredentialsError
-
-    try:
-        credentials, found_project = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
-    except DefaultCredentialsError:
-        raise ConfigError(NO_CREDENTIALS) from None
-    return storage.Client(project=project or found_project, credentials=credentials)
+    return storage.Client(project=cfg.project, credentials=gcp_credentials(cfg))
 
 
 def storage_client_from_env(project: str | None = None) -> storage.Client:
     """Client without a PipelineConfig: the emulator when STORAGE_EMULATOR_HOST is set, else ADC."""
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         return _anonymous_client(project)
-    return _default_client(project)
+    return storage.Client(project=project, credentials=application_default_credentials())
 
 
 # --- names ------------------------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ class TestCredentials:
             monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud ADC file here
         monkeypatch.setenv("NO_GCE_CHECK", "True")  # not on a GCE VM: don't wait for the metadata server
-        with pytest.raises(ConfigError, match=r"no GCP credentials: run `gcloud auth application-default login` or set gcp_credentials_block"):
+        with pytest.raises(ConfigError, match=r"no GCP credentials: run `gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS"):
             gcs.storage_client(PipelineConfig(project="p", bucket="some-bucket"))
 
     def test_missing_credentials_block(self, monkeypatch):
@@ -80,7 +80,7 @@ class TestCredentials:
             raise ValueError(f"Unable to find block document named {name} for block type gcp-credentials")
 
         monkeypatch.setattr(prefect_gcp.GcpCredentials, "load", load)
-        with pytest.raises(ConfigError, match=r"GcpCredentials block 'prod-sa' not found"):
+        with pytest.raises(ConfigError, match=r"no GcpCredentials block named 'prod-sa'"):
             gcs.storage_client(PipelineConfig(project="p", bucket="some-bucket", gcp_credentials_block="prod-sa"))
 
 
