@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -64,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.port_file:
         Path(args.port_file).write_text(str(port))
     print(f"Vertex AI emulator listening on {base_url} (state: {args.state_dir or 'memory'})", flush=True)
+    # uvicorn re-raises the signal that stopped it once it has shut down, which would kill this process before
+    # `service.shutdown()` reaps the replicas; with no-op handlers in place the re-raise is harmless.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     try:
         server.run(sockets=[sock])
     finally:

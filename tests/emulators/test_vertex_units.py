@@ -1,0 +1,102 @@
+"""Pure pieces of the Vertex emulator: wire enums vs the real client's, transitions, filters, spec handling."""
+
+from __future__ import annotations
+
+import pytest
+
+from emulators.vertex.catalog import ACCELERATOR_TYPES, SCHEDULING_STRATEGIES, accelerator_offer
+from emulators.vertex.errors import InvalidArgument
+from emulators.vertex.faults import Faults
+from emulators.vertex.filters import parse_filter
+from emulators.vertex.spec import normalize_custom_job
+from emulators.vertex.state import TRANSITIONS, IllegalTransition, JobRecord, JobState
+
+
+def test_enum_numbers_match_the_aiplatform_client():
+    from google.cloud.aiplatform_v1.types import AcceleratorType, JobState as ClientJobState, Scheduling
+
+    assert {m.name: m.value for m in JobState} == {m.name: m.value for m in ClientJobState}
+    for name, number in ACCELERATOR_TYPES.items():
+        assert AcceleratorType[name].value == number
+    for name, number in SCHEDULING_STRATEGIES.items():
+        assert Scheduling.Strategy[name].value == number
+
+
+def test_transition_table_rejects_illegal_moves():
+    record = JobRecord(resource={"name": "projects/p/locations/l/customJobs/1", "state": "JOB_STATE_QUEUED"},
+                       job_id="1")
+    with pytest.raises(IllegalTransition):
+        record.transition(JobState.JOB_STATE_SUCCEEDED)
+    record.transition(JobState.JOB_STATE_PENDING)
+    record.transition(JobState.JOB_STATE_RUNNING)
+    assert "startTime" in record.resource
+    record.transition(JobState.JOB_STATE_CANCELLING)
+    record.transition(JobState.JOB_STATE_CANCELLED, {"code": 1, "message": "CANCELED"})
+    assert record.resource["error"]["code"] == 1 and "endTime" in record.resource
+    assert all(not TRANSITIONS[s] for s in TRANSITIONS if s.terminal)
+
+
+def test_normalize_accepts_enum_ints_and_int64_strings():
+    body = {"displayName": "x", "state": 3, "jobSpec": {
+        "workerPoolSpecs": [{"machineSpec": {"machineType": "n1-standard-4", "acceleratorType": 5,
+                                             "acceleratorCount": 1}, "replicaCount": "1"}],
+        "scheduling": {"strategy": 4}}}
+    job = normalize_custom_job(body)
+    pool = job["jobSpec"]["workerPoolSpecs"][0]
+    assert pool["machineSpec"]["acceleratorType"] == "NVIDIA_TESLA_T4"
+    assert pool["replicaCount"] == "1" and job["jobSpec"]["scheduling"]["strategy"] == "SPOT"
+    assert "state" not in job  # output only
+    with pytest.raises(InvalidArgument, match="AcceleratorType"):
+        normalize_custom_job({"jobSpec": {"workerPoolSpecs": [{"machineSpec": {"acceleratorType": 99}}]}})
+
+
+def test_accelerator_table():
+    assert set(accelerator_offer("n1-standard-4")[0]) == {"NVIDIA_TESLA_T4", "NVIDIA_TESLA_V100",
+                                                          "NVIDIA_TESLA_P100", "NVIDIA_TESLA_P4"}
+    assert accelerator_offer("a2-highgpu-2g") == ({"NVIDIA_TESLA_A100": (2,)}, True)
+    assert accelerator_offer("a2-ultragpu-1g") == ({"NVIDIA_A100_80GB": (1,)}, True)
+    assert accelerator_offer("g2-standard-24") == ({"NVIDIA_L4": (2,)}, True)
+    assert accelerator_offer("a3-highgpu-8g") == ({"NVIDIA_H100_80GB": (8,)}, True)
+    assert accelerator_offer("e2-standard-4") == ({}, False)
+
+
+JOBS = [
+    {"displayName": "a", "labels": {"run": "1"}, "state": "JOB_STATE_RUNNING", "createTime": "2026-11-27T10:00:00.000000Z"},
+    {"displayName": "b", "labels": {"run": "2", "x": "y"}, "state": "JOB_STATE_FAILED", "createTime": "2026-11-27T11:00:00.000000Z"},
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("", ["a", "b"]),
+    ('labels.run="1"', ["a"]),
+    ("labels.run=2", ["b"]),
+    ("labels.x:*", ["b"]),
+    ('labels."x":*', ["b"]),
+    ("state=JOB_STATE_FAILED", ["b"]),
+    ('state="JOB_STATE_RUNNING" AND labels.run:*', ["a"]),
+    ('display_name="b" AND state=JOB_STATE_FAILED', ["b"]),
+    ('create_time>"2026-11-27T10:30:00Z"', ["b"]),
+    ('labels.run!="1"', ["b"]),
+])
+def test_filters(text, expected):
+    predicate = parse_filter(text)
+    assert [j["displayName"] for j in JOBS if predicate(j)] == expected
+
+
+@pytest.mark.parametrize("text", ["labels.run=1 OR state=JOB_STATE_FAILED", "bogus=1", "(labels.run=1)"])
+def test_unsupported_filters(text):
+    with pytest.raises(InvalidArgument):
+        parse_filter(text)
+
+
+def test_fault_rules_are_consumed_in_order():
+    faults = Faults()
+    faults.configure({"rules": [{"method": "create", "status": 503, "times": 2},
+                                {"method": "create", "commit_then_drop": True}],
+                      "preempt": {"after_seconds": 1, "times": 1}})
+    taken = [faults.take("create") for _ in range(4)]
+    assert [r and (r.status, r.commit_then_drop) for r in taken] == [(503, False), (503, False), (503, True), None]
+    assert faults.take("get") is None
+    assert not faults.take_preempt(0.5) and faults.take_preempt(1.5) and not faults.take_preempt(5)
+    with pytest.raises(InvalidArgument):
+        faults.configure({"rules": [{"method": "get", "commit_then_drop": True}]})
