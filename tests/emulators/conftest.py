@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 from google.auth.credentials import AnonymousCredentials
 
 from emujob_sdist import build_sdist
-
-PROJECT, LOCATION = "finsent-test", "us-central1"
-PARENT = f"projects/{PROJECT}/locations/{LOCATION}"
-EXECUTOR = "us-docker.pkg.dev/vertex-ai/training/tf-cpu.2-17.py310:latest"
+from emulator_testkit import EXECUTOR, make_client
 
 
 @pytest.fixture(scope="session")
@@ -31,14 +27,6 @@ def package_uri(gcs_emulator, job_bucket):
     blob = client.bucket(job_bucket).blob("packages/emujob-0.1.0.tar.gz")
     blob.upload_from_string(build_sdist(), content_type="application/gzip")
     return f"gs://{job_bucket}/packages/emujob-0.1.0.tar.gz"
-
-
-def make_client(endpoint: str):
-    from google.cloud import aiplatform_v1
-
-    return aiplatform_v1.JobServiceClient(
-        transport="rest", credentials=AnonymousCredentials(), client_options={"api_endpoint": endpoint}
-    )
 
 
 @pytest.fixture(scope="session")
@@ -77,16 +65,3 @@ def make_job(package_uri, job_bucket):
         return job
 
     return _make
-
-
-def wait_for_state(client, name: str, states: set[str], timeout: float = 60.0):
-    """Poll get_custom_job until the state name is in `states`; raise with the last state on timeout."""
-    deadline = time.monotonic() + timeout
-    job = None
-    while time.monotonic() < deadline:
-        job = client.get_custom_job(name=name)
-        if job.state.name in states:
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"{name} did not reach {states} in {timeout} s; last state "
-                         f"{job.state.name if job else None}, error {job.error if job else None}")

@@ -11,7 +11,7 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from conftest import PARENT, make_client, wait_for_state
+from emulator_testkit import PARENT, make_client, wait_for_state
 from emulators.vertex import VertexEmulator
 
 TERMINAL = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}

@@ -1,0 +1,32 @@
+"""Helpers for the emulator tests (a uniquely named module, so it cannot clash with other test dirs)."""
+
+from __future__ import annotations
+
+import time
+
+from google.auth.credentials import AnonymousCredentials
+
+PROJECT, LOCATION = "finsent-test", "us-central1"
+PARENT = f"projects/{PROJECT}/locations/{LOCATION}"
+EXECUTOR = "us-docker.pkg.dev/vertex-ai/training/tf-cpu.2-17.py310:latest"
+
+
+def make_client(endpoint: str):
+    from google.cloud import aiplatform_v1
+
+    return aiplatform_v1.JobServiceClient(
+        transport="rest", credentials=AnonymousCredentials(), client_options={"api_endpoint": endpoint}
+    )
+
+
+def wait_for_state(client, name: str, states: set[str], timeout: float = 60.0):
+    """Poll get_custom_job until the state name is in `states`; raise with the last state on timeout."""
+    deadline = time.monotonic() + timeout
+    job = None
+    while time.monotonic() < deadline:
+        job = client.get_custom_job(name=name)
+        if job.state.name in states:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"{name} did not reach {states} in {timeout} s; last state "
+                         f"{job.state.name if job else None}, error {job.error if job else None}")
