@@ -1,0 +1,128 @@
+"""Both models train through the CLI, export a model that reloads with plain Keras, and write metrics.json;
+a killed run resumes from its last finished epoch."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import base_args, run_trainer
+
+METRIC_KEYS = {"accuracy", "macro_f1", "per_class", "confusion_matrix"}
+LABELS = ["negative", "neutral", "positive"]
+
+
+def _check_metrics_shape(m: dict, model: str, n_test: int):
+    assert set(m) == {"model", "labels", "test", "validation", "train", "environment", "hyperparameters"}
+    assert m["model"] == model and m["labels"] == LABELS
+    for split in ("test", "validation"):
+        assert set(m[split]) == METRIC_KEYS
+        assert set(m[split]["per_class"]) == set(LABELS)
+        for v in m[split]["per_class"].values():
+            assert set(v) == {"precision", "recall", "f1", "support"}
+        cm = np.asarray(m[split]["confusion_matrix"])
+        assert cm.shape == (3, 3)
+    cm = np.asarray(m["test"]["confusion_matrix"])
+    assert cm.sum() == n_test
+    assert [m["test"]["per_class"][k]["support"] for k in LABELS] == cm.sum(axis=1).tolist()
+    assert m["test"]["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert set(m["train"]) == {"epochs_run", "seconds", "samples_per_second", "resumed_from_epoch"}
+    assert m["train"]["samples_per_second"] > 0
+    assert m["environment"]["backend"] == "jax" and m["environment"]["device"] == "cpu"
+    assert {"keras", "keras_hub"} <= set(m["environment"]["versions"])
+    assert m["hyperparameters"]["batch_size"] == 16
+
+
+def _reload_and_score(out, test_csv) -> float:
+    """Load the export the way a consumer would (keras + tokenizers only) and score the test split."""
+    import csv
+
+    import keras
+    import keras_hub  # noqa: F401  registers BertBackbone for deserialisation
+    from tokenizers import BertWordPieceTokenizer
+
+    prep = json.loads((out / "preprocessing.json").read_text())
+    labels = json.loads((out / "labels.json").read_text())["labels"]
+    model = keras.saving.load_model(str(out / "model.keras"))
+    tok = BertWordPieceTokenizer(str(out / "vocab.txt"), lowercase=prep["lowercase"])
+    tok.enable_truncation(prep["max_seq_len"])
+    with open(test_csv, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    ids = np.zeros((len(rows), prep["max_seq_len"]), "int32")
+    for i, e in enumerate(tok.encode_batch([r["text"] for r in rows])):
+        ids[i, :len(e.ids)] = e.ids
+    x = {"token_ids": ids}
+    if "padding_mask" in prep["inputs"]:
+        x.update(segment_ids=np.zeros_like(ids), padding_mask=(ids != 0).astype("int32"))
+    logits = model.predict(x, batch_size=32, verbose=0)
+    assert logits.shape == (len(rows), 3)
+    pred = [labels[i] for i in logits.argmax(-1)]
+    return float(np.mean([p == r["label"] for p, r in zip(pred, rows)]))
+
+
+@pytest.mark.parametrize("model", ["bert", "lstm"])
+def test_train_export_reload(model, splits, tiny_bert, tmp_path):
+    out = tmp_path / "out"
+    extra = ["--epochs", "2", "--learning-rate", "5e-3"]
+    if model == "bert":
+        extra += ["--pretrained", str(tiny_bert)]
+    proc = run_trainer(*base_args(splits, out, model, *extra))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    assert proc.stderr.strip() == ""  or "error" not in proc.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    _check_metrics_shape(m, model, n_test=60)
+    assert m["train"]["epochs_run"] == 2 and m["train"]["resumed_from_epoch"] == 0
+    for name in ("model.keras", "vocab.txt", "labels.json", "preprocessing.json"):
+        assert (out / name).exists(), name
+    # the export is the evaluated model: same test accuracy outside the trainer (up to padding round-off)
+    assert _reload_and_score(out, splits["test"]) == pytest.approx(m["test"]["accuracy"], abs=0.034)
+
+
+def test_lstm_learns_the_synthetic_task(splits, tmp_path):
+    out = tmp_path / "out"
+    proc = run_trainer(*base_args(splits, out, "lstm", "--epochs", "4"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["test"]["accuracy"] >= 0.8, m["test"]
+
+
+def test_resume_after_kill_trains_no_epoch_twice(splits, tmp_path):
+    out, ck = tmp_path / "out", tmp_path / "ck"
+    args = base_args(splits, out, "lstm", "--epochs", "3", "--patience", "5", "--checkpoint-dir", str(ck))
+
+    killed = run_trainer(*args, "--stop-after-epochs", "1")
+    assert killed.returncode == 75, killed.stdout[-3000:] + killed.stderr
+    assert not (out / "metrics.json").exists()  # a killed run never looks complete
+    assert json.loads((ck / "state.json").read_text())["epoch"] == 1
+
+    resumed = run_trainer(*args)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr
+    assert "resuming from" in resumed.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["train"]["epochs_run"] == 3 and m["train"]["resumed_from_epoch"] == 1
+
+    log = [json.loads(line) for line in (ck / "epochs.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2, 3]  # every epoch exactly once
+    assert log[0]["run_id"] != log[1]["run_id"] == log[2]["run_id"]  # epoch 1 by the killed process only
+    history = json.loads((out / "history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
+    # only the last (and best) epoch's files are kept
+    assert {p.name for p in ck.iterdir() if p.name.startswith("epoch-")} <= {"epoch-0001", "epoch-0002",
+                                                                              "epoch-0003"}
+
+    again = run_trainer(*args)  # restarted after the run finished: nothing to train, same result
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr
+    m2 = json.loads((out / "metrics.json").read_text())
+    assert m2["train"]["epochs_run"] == 3 and m2["train"]["resumed_from_epoch"] == 3
+    assert m2["test"] == m["test"]
+    assert len((ck / "epochs.jsonl").read_text().splitlines()) == 3
+
+
+def test_checkpoint_from_other_settings_is_refused(splits, tmp_path):
+    ck = tmp_path / "ck"
+    first = run_trainer(*base_args(splits, tmp_path / "o1", "lstm", "--epochs", "1", "--checkpoint-dir", str(ck)))
+    assert first.returncode == 0, first.stderr
+    other = run_trainer(*base_args(splits, tmp_path / "o2", "lstm", "--epochs", "1", "--checkpoint-dir", str(ck),
+                                   "--lstm-units", "8"))
+    assert other.returncode == 2
+    assert "holds a run with different settings" in other.stderr

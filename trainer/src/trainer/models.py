@@ -1,0 +1,56 @@
+"""Model builders: keras-hub BERT classifier from an HF-format checkpoint, and a plain-Keras BiLSTM.
+
+Only BertBackbone.from_preset / BertTextClassifier and basic layers are used, so the code works with
+keras-hub 0.25.1 (Python 3.10 images) and 0.32.0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+
+from trainer.errors import CheckpointError
+
+
+def build_bert(checkpoint_dir: str, num_classes: int, dropout: float, max_seq_len: int) -> keras.Model:
+    """Pooled [CLS] -> dropout -> dense logits, on a backbone loaded from `checkpoint_dir`."""
+    import keras_hub
+
+    with open(os.path.join(checkpoint_dir, "config.json")) as f:
+        hf_config = json.load(f)
+    max_pos = int(hf_config.get("max_position_embeddings", 512))
+    if max_seq_len > max_pos:
+        raise CheckpointError(f"--max-seq-len {max_seq_len} exceeds the checkpoint's max_position_embeddings "
+                              f"({max_pos})")
+    try:
+        backbone = keras_hub.models.BertBackbone.from_preset(checkpoint_dir)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"cannot load BERT checkpoint {checkpoint_dir}: {type(exc).__name__}: {first}") from exc
+    # A plain functional model rather than keras_hub's BertTextClassifier: the latter is a PipelineModel
+    # whose fit() routes numpy batches through grain/tf.data, which a TF-free JAX install does not have.
+    inputs = {
+        "token_ids": keras.Input(shape=(None,), dtype="int32", name="token_ids"),
+        "segment_ids": keras.Input(shape=(None,), dtype="int32", name="segment_ids"),
+        "padding_mask": keras.Input(shape=(None,), dtype="int32", name="padding_mask"),
+    }
+    pooled = backbone(inputs)["pooled_output"]  # tanh(dense([CLS]))
+    x = keras.layers.Dropout(dropout, name="classifier_dropout")(pooled)
+    logits = keras.layers.Dense(num_classes, name="logits", dtype="float32",
+                                kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02))(x)
+    return keras.Model(inputs, logits, name="bert_classifier")
+
+
+def build_lstm(vocab_size: int, num_classes: int, embedding_dim: int, units: int, dropout: float) -> keras.Model:
+    """Embedding (id 0 = [PAD] masked) -> BiLSTM -> masked mean pooling -> dense logits."""
+    token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+    x = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name="embedding")(token_ids)
+    x = keras.layers.SpatialDropout1D(dropout, name="embedding_dropout")(x)
+    x = keras.layers.Bidirectional(keras.layers.LSTM(units, return_sequences=True), name="bilstm")(x)
+    # Mean over the real (unmasked) time steps; GlobalMaxPooling1D would ignore the mask.
+    x = keras.layers.GlobalAveragePooling1D(name="mean_pool")(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    logits = keras.layers.Dense(num_classes, name="logits", dtype="float32")(x)
+    return keras.Model({"token_ids": token_ids}, logits, name="bilstm_classifier")
