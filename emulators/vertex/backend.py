@@ -9,8 +9,8 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import random
-import shutil
 import threading
 import time
 import traceback
@@ -20,7 +20,7 @@ from pathlib import Path
 from emulators.vertex.errors import FailedPrecondition, InvalidArgument, JobSetupError, NotFound
 from emulators.vertex.faults import Faults
 from emulators.vertex.filters import parse_filter
-from emulators.vertex.runner import ReplicaProcess, Runner, kill_process_group, proc_start_ticks
+from emulators.vertex.runner import BASE_ENV, ReplicaProcess, Runner, kill_process_group, proc_start_ticks
 from emulators.vertex.spec import active_pools, normalize_custom_job, parse_duration, replica_count, validate_custom_job
 from emulators.vertex.state import JobRecord, JobState, JobStore, ReplicaInfo, now_rfc3339
 
@@ -317,6 +317,7 @@ class JobService:
             if record.cancel_requested:
                 return self._finish_cancel(record, started)
             self._transition(record, S.JOB_STATE_PENDING)
+        pending_started = time.monotonic()
         workdir = self.job_dir(record.job_id)
         try:
             prepared = self.runner.prepare(record.resource, workdir, lambda m: self._log_event(record, m))
@@ -327,7 +328,7 @@ class JobService:
                 return
             return self._finish(record, S.JOB_STATE_FAILED, {"code": CODE_INVALID_ARGUMENT, "message": str(exc)})
         if not resume:
-            self._sleep(record, self.tick - (time.monotonic() - started))
+            self._sleep(record, self.tick - (time.monotonic() - pending_started))
         if self._shutdown.is_set():
             return
         if record.cancel_requested:
@@ -366,10 +367,6 @@ class JobService:
 
     def _replica_env(self, record: JobRecord, pool: dict, pool_index: int, replica_index: int,
                      cluster: dict, total: int) -> dict[str, str]:
-        import os
-
-        from emulators.vertex.runner import BASE_ENV
-
         env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
         env["PYTHONUNBUFFERED"] = "1"  # so the log (and the error's last lines) is complete when a replica dies
         spec = pool.get("pythonPackageSpec") or pool.get("containerSpec") or {}
@@ -469,6 +466,3 @@ class JobService:
                 self._kill_all(record, procs, 0)
                 return self._finish(record, S.JOB_STATE_SUCCEEDED)
             time.sleep(0.05)
-
-    def clean_work_dirs(self) -> None:
-        shutil.rmtree(self.data_dir / "work", ignore_errors=True)

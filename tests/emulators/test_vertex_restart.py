@@ -111,3 +111,16 @@ def test_graceful_stop_kills_replicas(own_emulator, make_job):
     own_emulator.start()
     client = make_client(own_emulator.endpoint)
     assert wait_for_state(client, job.name, TERMINAL).state.name == "JOB_STATE_FAILED"
+
+
+def test_instant_runner_needs_no_processes(gcs_emulator, make_job):
+    with VertexEmulator(gcs_endpoint=gcs_emulator.endpoint, runner="instant", tick=0.05) as emulator:
+        client = make_client(emulator.endpoint)
+        ok = client.create_custom_job(parent=PARENT, custom_job=make_job("write"))
+        failing = make_job("write")
+        failing["job_spec"]["worker_pool_specs"][0]["python_package_spec"]["env"] = [
+            {"name": "EMULATOR_EXIT_CODE", "value": "2"}]
+        bad = client.create_custom_job(parent=PARENT, custom_job=failing)
+        assert wait_for_state(client, ok.name, TERMINAL).state.name == "JOB_STATE_SUCCEEDED"
+        failed = wait_for_state(client, bad.name, TERMINAL)
+        assert failed.state.name == "JOB_STATE_FAILED" and "non-zero status of 2" in failed.error.message
