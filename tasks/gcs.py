@@ -324,26 +324,13 @@ def check_storage(cfg: PipelineConfig) -> None:
 
 
 @task(name="upload-inputs", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
-def upload_inputs(
-    target: PipelineConfig | storage.Client,
-    prepared: PreparedDataset,
-    package: TrainerPackage,
-    base_uri: str | None = None,
-) -> UploadedInputs:
-    """Upload data set and trainer sdist to their content-addressed paths; unchanged inputs upload 0 bytes.
-
-    `target` is a PipelineConfig (client and base URI from it) or a storage client (then `base_uri` is required).
-    """
-    if isinstance(target, storage.Client):
-        if not base_uri:
-            raise ConfigError("upload_inputs(client, ...) needs base_uri, e.g. cfg.base_uri")
-        client = target
-    else:
-        client, base_uri = storage_client(target), base_uri or target.base_uri
-    data_uri, data_bytes = upload_dataset(client, prepared, base_uri)
-    pkg_uri, pkg_bytes = upload_package(client, package, base_uri)
+def upload_inputs(cfg: PipelineConfig, prepared: PreparedDataset, package: TrainerPackage) -> UploadedInputs:
+    """Upload data set and trainer sdist to their content-addressed paths; unchanged inputs upload 0 bytes."""
+    client = storage_client(cfg)
+    data_uri, data_bytes = upload_dataset(client, prepared, cfg.base_uri)
+    pkg_uri, pkg_bytes = upload_package(client, package, cfg.base_uri)
     get_run_logger().info(
-        "Inputs at %s and %s: %d bytes uploaded (0: both were already in the bucket)", data_uri, pkg_uri, data_bytes + pkg_bytes
+        "Uploaded %d bytes (unchanged inputs are skipped): data %s, package %s", data_bytes + pkg_bytes, data_uri, pkg_uri
     )
     return UploadedInputs(data_uri, pkg_uri, data_bytes, pkg_bytes)
 

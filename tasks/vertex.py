@@ -109,7 +109,8 @@ def build_custom_job(
     machine_spec: dict = {"machine_type": cfg.machine_type}
     if cfg.accelerator_type:
         machine_spec |= {"accelerator_type": cfg.accelerator_type, "accelerator_count": cfg.accelerator_count}
-    job_env = {"KERAS_BACKEND": "tensorflow", "WANDB_PROJECT": cfg.wandb.project} | (env or {})
+    # No KERAS_BACKEND: the trainer takes TensorFlow where the image has it (Vertex), else JAX.
+    job_env = {"WANDB_PROJECT": cfg.wandb.project} | (env or {})
     if cfg.wandb.secret_manager_ref:
         job_env["WANDB_API_KEY_SECRET"] = cfg.wandb.secret_manager_ref
     display_name = f"finsent-{model}-{label_value(run_key)[:36]}-a{attempt}"
@@ -237,7 +238,7 @@ def submit_job(
             return client.create_custom_job(
                 parent=parent, custom_job=aiplatform_v1.CustomJob(job), timeout=REQUEST_TIMEOUT_SECONDS
             )
-        except gexc.InvalidArgument as exc:
+        except gexc.BadRequest as exc:  # REST maps every 400 to BadRequest (InvalidArgument over gRPC)
             raise JobSubmitError(f"Vertex refused the job {job['display_name']}: {exc.message}") from None
         except (gexc.PermissionDenied, gexc.Unauthenticated, gexc.NotFound) as exc:
             raise JobSubmitError(

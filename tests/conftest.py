@@ -1,5 +1,13 @@
 """Shared pytest fixtures. Each owner keeps fixtures in a marked block; keep this file importable."""
 
+import os
+
+# Before anything imports prefect: no telemetry (its SQLite writes race the test server), no wandb network.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
 # ---- emulators (owner: emulators/; see docs/emulators.md) ------------------------------------------------------
 import os as _os
 import uuid as _uuid
@@ -56,3 +64,13 @@ def gcs_bucket(gcs_emulator):
     gcs_emulator.create_bucket(name)
     return name
 # ---- end emulators ---------------------------------------------------------------------------------------------
+
+
+# ---- shared builders (owner: flow) -----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A tiny HF-format BERT checkpoint (config.json, model.safetensors, vocab.txt) with random weights."""
+    from tests.trainer.trainer_testkit import build_tiny_bert_checkpoint
+
+    return build_tiny_bert_checkpoint(tmp_path_factory.mktemp("tiny_bert"))
+# ---- end shared builders ---------------------------------------------------------------------------------------

@@ -176,9 +176,6 @@ class TestUploads:
         assert second.data_uri == f"gs://{gcs_bucket}/runs/data/{prepared.fingerprint}"
         assert second.split_uri("train") == f"{second.data_uri}/train.csv"
         assert gcs.upload_inputs.name == "upload-inputs"
-        with disable_run_logger():
-            by_client = gcs.upload_inputs.fn(gcs.storage_client(cfg), prepared, package, cfg.base_uri)
-        assert by_client == second
 
 
 class TestJsonAndDownload:

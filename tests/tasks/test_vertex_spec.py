@@ -60,7 +60,6 @@ def test_custom_job_spec_is_exactly_what_vertex_needs():
                             "--wandb-run-name=finsent-lstm-r1-a1",
                         ],
                         "env": [
-                            {"name": "KERAS_BACKEND", "value": "tensorflow"},
                             {"name": "WANDB_API_KEY_SECRET", "value": "projects/p/secrets/wandb/versions/1"},
                             {"name": "WANDB_PROJECT", "value": "finsent"},
                         ],

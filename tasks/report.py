@@ -1,0 +1,155 @@
+"""Results: metrics.json -> Prefect artifacts, and the champion/challenger pointer in the bucket.
+
+The champion is one JSON object at `{base_uri}/champion.json`. A model replaces it only when its test macro-F1 beats
+the champion's; the write is conditional on the object's generation, so two runs finishing together cannot both
+promote over the same champion.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks import gcs
+from tasks.config import PipelineConfig
+from tasks.errors import StorageError
+from tasks.vertex import JobOutcome
+
+CHAMPION_FILE = "champion.json"
+
+
+# --- pure ---------------------------------------------------------------------------------------------------------
+def metrics_uri(output_uri: str) -> str:
+    """Vertex sets AIP_MODEL_DIR to `<baseOutputDirectory>/model/`; the trainer writes metrics.json there."""
+    return f"{output_uri.rstrip('/')}/model/metrics.json"
+
+
+def results_rows(metrics_by_model: dict[str, dict]) -> list[dict]:
+    rows = []
+    for model, metrics in sorted(metrics_by_model.items()):
+        train = metrics.get("train", {})
+        rows.append(
+            {
+                "model": model,
+                "test_accuracy": round(metrics["test"]["accuracy"], 4),
+                "test_macro_f1": round(metrics["test"]["macro_f1"], 4),
+                "validation_macro_f1": round(metrics["validation"]["macro_f1"], 4),
+                "epochs": train.get("epochs_run"),
+                "train_seconds": round(train.get("seconds", 0.0), 1),
+                "samples_per_second": round(train.get("samples_per_second", 0.0), 1),
+            }
+        )
+    return rows
+
+
+def confusion_markdown(model: str, metrics: dict) -> str:
+    labels = metrics["labels"]
+    matrix = metrics["test"]["confusion_matrix"]
+    lines = [
+        f"### {model}: test confusion matrix (rows: true, columns: predicted)",
+        "",
+        "| true \\ predicted | " + " | ".join(labels) + " |",
+        "|---" * (len(labels) + 1) + "|",
+    ]
+    lines += [f"| **{label}** | " + " | ".join(str(n) for n in row) + " |" for label, row in zip(labels, matrix)]
+    per_class = metrics["test"].get("per_class", {})
+    if per_class:
+        lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {label} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
+            for label, c in per_class.items()
+        ]
+    return "\n".join(lines)
+
+
+def best_model(metrics_by_model: dict[str, dict]) -> str:
+    return max(metrics_by_model, key=lambda model: metrics_by_model[model]["test"]["macro_f1"])
+
+
+def should_promote(candidate_macro_f1: float, champion: dict | None) -> bool:
+    """Challenger wins only by beating the champion's test macro-F1 (ties keep the champion)."""
+    return champion is None or candidate_macro_f1 > float(champion["test_macro_f1"])
+
+
+def links_markdown(cfg: PipelineConfig, outcomes: dict[str, JobOutcome], metrics_by_model: dict[str, dict]) -> str:
+    lines = ["### Links", ""]
+    for model, outcome in sorted(outcomes.items()):
+        lines.append(f"- **{model}** Vertex job: [{outcome.job_name.rsplit('/', 1)[-1]}]({outcome.console_url})")
+        lines.append(f"  - model: `{outcome.output_uri.rstrip('/')}/model/`")
+        wandb_url = metrics_by_model.get(model, {}).get("wandb", {}).get("url")
+        lines.append(f"  - wandb: {wandb_url}" if wandb_url else f"  - wandb: offline run (project `{cfg.wandb.project}`)")
+    return "\n".join(lines)
+
+
+# --- I/O ----------------------------------------------------------------------------------------------------------
+def read_champion(client, cfg: PipelineConfig) -> tuple[dict | None, int]:
+    """The champion record and its object generation (0 when there is none)."""
+    return gcs.read_json_with_generation(client, f"{cfg.base_uri}/{CHAMPION_FILE}")
+
+
+def promote_if_better(client, cfg: PipelineConfig, record: dict) -> tuple[bool, dict | None]:
+    """Write `record` as champion if it beats the current one; returns (promoted, champion before)."""
+    uri = f"{cfg.base_uri}/{CHAMPION_FILE}"
+    for _ in range(5):
+        champion, generation = read_champion(client, cfg)
+        if not should_promote(record["test_macro_f1"], champion):
+            return False, champion
+        try:
+            gcs.write_json(client, uri, record, if_generation_match=generation)
+            return True, champion
+        except gcs.PreconditionFailed:
+            continue  # another run promoted meanwhile: compare against the new champion
+    raise StorageError(f"could not update {uri}: it kept changing under us; run again")
+
+
+@task(name="report-results")
+def report_results(
+    cfg: PipelineConfig,
+    outcomes: dict[str, JobOutcome],
+    *,
+    inputs_key: str,
+    data_fingerprint: str,
+    trainer_sha256: str,
+    run_key: str,
+) -> dict:
+    """Publish metrics, confusion matrices and links as artifacts; promote the best model if it beats the champion."""
+    client = gcs.storage_client(cfg)
+    metrics_by_model = {}
+    for model, outcome in outcomes.items():
+        metrics = gcs.read_json(client, metrics_uri(outcome.output_uri))
+        if metrics is None:
+            raise StorageError(
+                f"{model}: the job succeeded but {metrics_uri(outcome.output_uri)} is missing; see {outcome.console_url}"
+            )
+        metrics_by_model[model] = metrics
+    rows = results_rows(metrics_by_model)
+    create_table_artifact(key="finsent-metrics", table=rows, description="Test metrics per model")
+    for model, metrics in metrics_by_model.items():
+        create_markdown_artifact(key=f"finsent-confusion-{model}", markdown=confusion_markdown(model, metrics))
+
+    winner = best_model(metrics_by_model)
+    record = {
+        "model": winner,
+        "model_uri": f"{outcomes[winner].output_uri.rstrip('/')}/model/",
+        "test_macro_f1": metrics_by_model[winner]["test"]["macro_f1"],
+        "test_accuracy": metrics_by_model[winner]["test"]["accuracy"],
+        "inputs_key": inputs_key,
+        "data_fingerprint": data_fingerprint,
+        "trainer_sha256": trainer_sha256,
+        "run_key": run_key,
+        "vertex_job": outcomes[winner].job_name,
+        "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    promoted, previous = promote_if_better(client, cfg, record)
+    verdict = (
+        f"**{winner}** (test macro-F1 {record['test_macro_f1']:.4f}) is the new champion"
+        if promoted
+        else f"champion kept: {previous['model']} at {float(previous['test_macro_f1']):.4f} macro-F1 "
+        f"beats or ties {winner} at {record['test_macro_f1']:.4f}"
+    )
+    create_markdown_artifact(
+        key="finsent-summary", markdown=f"## finsent run {run_key}\n\n{verdict}\n\n{links_markdown(cfg, outcomes, metrics_by_model)}"
+    )
+    return {"metrics": rows, "champion_promoted": promoted, "winner": winner, "verdict": verdict}
