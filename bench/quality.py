@@ -73,11 +73,13 @@ def run_trainer(model: str, paths: dict, out: Path, extra: list) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO / "trainer" / "src"))
     env.setdefault("KERAS_BACKEND", "jax")
     env.setdefault("WANDB_MODE", "disabled")
+    log_path = Path(tempfile.gettempdir()) / f"finsent-quality-{model}.log"  # follow progress with tail -f
     t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    with open(log_path, "w") as log_file:
+        proc = subprocess.run(cmd, stdout=log_file, stderr=subprocess.PIPE, text=True, env=env)
     wall = time.time() - t0
     if proc.returncode != 0:
-        return {"error": proc.stderr.strip()[-500:], "log_tail": proc.stdout[-2000:], "command": " ".join(cmd)}
+        return {"error": proc.stderr.strip()[-500:], "log": str(log_path), "command": " ".join(cmd)}
     metrics = json.loads((out / "metrics.json").read_text())
     return {
         "command": " ".join(cmd[1:]),

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from conftest import base_args, run_trainer
+from trainer_testkit import base_args, run_trainer
 
 PREFIX = "finsent-trainer: error: "
 

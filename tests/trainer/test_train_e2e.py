@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import base_args, run_trainer
+from trainer_testkit import base_args, run_trainer
 
 METRIC_KEYS = {"accuracy", "macro_f1", "per_class", "confusion_matrix"}
 LABELS = ["negative", "neutral", "positive"]
@@ -98,6 +98,8 @@ def test_resume_after_kill_trains_no_epoch_twice(splits, tmp_path):
     resumed = run_trainer(*args)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr
     assert "resuming from" in resumed.stdout
+    steps_per_epoch = json.loads((ck / "state.json").read_text())["optimizer_iterations"] // 3
+    assert f"optimizer step {steps_per_epoch}" in resumed.stdout  # AdamW moments/step restored, not reset
     m = json.loads((out / "metrics.json").read_text())
     assert m["train"]["epochs_run"] == 3 and m["train"]["resumed_from_epoch"] == 1
 

@@ -4,7 +4,8 @@ early stopping with best-weights restore, and per-epoch checkpoints that a resta
 Checkpoint directory layout (local, or gs:// mirrored from a local working copy):
 
     state.json            written last after each epoch: last finished epoch, best epoch/F1, patience counter
-    epoch-NNNN/           model.weights.h5 + optimizer.npz for the last epoch (and the best one, if different)
+    epoch-NNNN/           model.weights.h5 for the last epoch (and the best one, if different); Keras writes the
+                          optimizer's variables (moments, step counter) into the same file
     epochs.jsonl          one line per finished epoch (epoch, pid, run id): proves no epoch ran twice
     vocab.txt             the vocab the ids were made with (a WordPiece vocab trained by the lstm run is
                           reused on resume, so the embedding rows keep their meaning)
@@ -58,7 +59,7 @@ class CheckpointStore:
             return None
         with open(os.path.join(self.local, STATE_FILE)) as f:
             state = json.load(f)
-        for rel in (state["weights"], state["optimizer"], state["best_weights"]):
+        for rel in (state["weights"], state["best_weights"]):
             if not self._pull(rel):
                 raise ConfigError(f"checkpoint {self.uri} is incomplete: {rel} is missing")
         self._pull(EPOCH_LOG)
@@ -77,18 +78,16 @@ class CheckpointStore:
         local_dir = os.path.join(self.local, rel_dir)
         os.makedirs(local_dir, exist_ok=True)
         model.save_weights(os.path.join(local_dir, "model.weights.h5"))
-        opt_vars = model.optimizer.variables
-        np.savez(os.path.join(local_dir, "optimizer.npz"),
-                 **{f"v{i:05d}": np.asarray(keras.ops.convert_to_numpy(v)) for i, v in enumerate(opt_vars)})
-        state = dict(state, weights=f"{rel_dir}/model.weights.h5", optimizer=f"{rel_dir}/optimizer.npz")
+        state = dict(state, weights=f"{rel_dir}/model.weights.h5",
+                     optimizer_iterations=int(keras.ops.convert_to_numpy(model.optimizer.iterations)))
         with open(os.path.join(self.local, EPOCH_LOG), "a") as f:
             f.write(json.dumps(log_entry) + "\n")
         tmp_state = os.path.join(self.local, STATE_FILE + ".tmp")
         with open(tmp_state, "w") as f:
             json.dump(state, f, indent=1)
         if self.remote:
-            for name in ("model.weights.h5", "optimizer.npz"):
-                storage.upload_file(os.path.join(local_dir, name), storage.join(self.uri, rel_dir, name))
+            storage.upload_file(os.path.join(local_dir, "model.weights.h5"),
+                                storage.join(self.uri, rel_dir, "model.weights.h5"))
             storage.upload_file(os.path.join(self.local, EPOCH_LOG), storage.join(self.uri, EPOCH_LOG))
             storage.upload_file(tmp_state, storage.join(self.uri, STATE_FILE))
         os.replace(tmp_state, os.path.join(self.local, STATE_FILE))
@@ -97,8 +96,7 @@ class CheckpointStore:
             if name.startswith("epoch-") and name not in keep:
                 shutil.rmtree(os.path.join(self.local, name), ignore_errors=True)
                 if self.remote:
-                    for f in ("model.weights.h5", "optimizer.npz"):
-                        storage.delete(storage.join(self.uri, name, f))
+                    storage.delete(storage.join(self.uri, name, "model.weights.h5"))
 
     def fetch(self, rel: str) -> Optional[str]:
         """Local path of a file stored in the checkpoint dir, or None."""
@@ -116,13 +114,11 @@ class CheckpointStore:
         optimizer = model.optimizer
         optimizer.build(model.trainable_variables)  # before load_weights, so its slots exist
         model.load_weights(os.path.join(self.local, state["weights"]))
-        with np.load(os.path.join(self.local, state["optimizer"])) as saved:
-            arrays = [saved[k] for k in sorted(saved.files)]
-        if len(arrays) != len(optimizer.variables):
-            raise ConfigError(f"checkpoint {self.uri} optimizer state has {len(arrays)} variables, "
-                              f"expected {len(optimizer.variables)}: was it written by a different model?")
-        for var, value in zip(optimizer.variables, arrays):
-            var.assign(value)
+        step = int(keras.ops.convert_to_numpy(optimizer.iterations))
+        if step != state["optimizer_iterations"]:
+            raise ConfigError(f"checkpoint {self.uri}: optimizer state not restored (step {step}, "
+                              f"expected {state['optimizer_iterations']})")
+        log.info("restored model and optimizer state (optimizer step %d)", step)
 
     def best_weights_path(self, state: dict) -> str:
         return os.path.join(self.local, state["best_weights"])

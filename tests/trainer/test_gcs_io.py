@@ -1,0 +1,54 @@
+"""gs:// everywhere (data, pretrained checkpoint, checkpoints, output) against fake-gcs-server."""
+
+import json
+import uuid
+
+import pytest
+
+from trainer_testkit import run_trainer
+
+
+@pytest.fixture()
+def bucket(gcs_emulator):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    name = f"trainer-{uuid.uuid4().hex[:8]}"
+    gcs_emulator.create_bucket(name)
+    client = storage.Client(project="test", credentials=AnonymousCredentials())
+    return client.bucket(name)
+
+
+def test_bert_all_gcs_with_resume(bucket, splits, tiny_bert):
+    for name, path in splits.items():
+        bucket.blob(f"data/{name}.csv").upload_from_filename(str(path))
+    for f in ("config.json", "model.safetensors", "vocab.txt"):
+        bucket.blob(f"pretrained/{f}").upload_from_filename(str(tiny_bert / f))
+    gs = f"gs://{bucket.name}"
+    args = ["--model", "bert", "--train-data", f"{gs}/data/train.csv", "--validation-data",
+            f"{gs}/data/validation.csv", "--test-data", f"{gs}/data/test.csv", "--pretrained", f"{gs}/pretrained",
+            "--output-dir", f"{gs}/model", "--checkpoint-dir", f"{gs}/checkpoints", "--epochs", "2",
+            "--batch-size", "16", "--max-seq-len", "64", "--learning-rate", "5e-3"]
+
+    killed = run_trainer(*args, "--stop-after-epochs", "1")
+    assert killed.returncode == 75, killed.stdout[-3000:] + killed.stderr
+    assert not bucket.blob("model/metrics.json").exists()
+    assert json.loads(bucket.blob("checkpoints/state.json").download_as_bytes())["epoch"] == 1
+
+    proc = run_trainer(*args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    m = json.loads(bucket.blob("model/metrics.json").download_as_bytes())
+    assert m["train"]["resumed_from_epoch"] == 1 and m["train"]["epochs_run"] == 2
+    names = {b.name for b in bucket.list_blobs(prefix="model/")}
+    assert {"model/model.keras", "model/vocab.txt", "model/labels.json"} <= names
+    log = bucket.blob("checkpoints/epochs.jsonl").download_as_bytes().decode().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+
+
+def test_unreadable_gcs_object(bucket, splits):
+    gs = f"gs://{bucket.name}"
+    proc = run_trainer("--model", "lstm", "--train-data", f"{gs}/missing.csv", "--validation-data",
+                       str(splits["validation"]), "--test-data", str(splits["test"]), "--output-dir", f"{gs}/out")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("finsent-trainer: error: cannot read gs://"), proc.stderr
