@@ -100,8 +100,9 @@ def main() -> None:
     p.add_argument("--models", default="lstm,bert")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--lstm-epochs", type=int, default=10)
-    p.add_argument("--bert-epochs", type=int, default=5)
-    p.add_argument("--bert-lr", type=float, default=8e-5)
+    p.add_argument("--bert-epochs", type=int, default=6)
+    p.add_argument("--bert-lr", type=float, default=1e-4)
+    p.add_argument("--bert-pooling", default="mean")
     p.add_argument("--bert-batch-size", type=int, default=32)
     args = p.parse_args()
     rows = load_phrasebank()
@@ -115,8 +116,8 @@ def main() -> None:
                 extra = ["--epochs", str(args.lstm_epochs), "--patience", "3", "--batch-size", "32",
                          "--seed", str(args.seed)]
             else:
-                extra = ["--pretrained", minilm_dir(), "--epochs", str(args.bert_epochs), "--patience", "2",
-                         "--batch-size", str(args.bert_batch_size), "--learning-rate", str(args.bert_lr),
+                extra = ["--pretrained", minilm_dir(), "--epochs", str(args.bert_epochs), "--patience", "3",
+                         "--batch-size", str(args.bert_batch_size), "--learning-rate", str(args.bert_lr), "--pooling", args.bert_pooling,
                          "--seed", str(args.seed)]
             result["runs"][model] = run_trainer(model, paths, Path(tmp) / f"out_{model}", extra)
             print(json.dumps({model: result["runs"][model]}), file=sys.stderr, flush=True)

@@ -19,3 +19,20 @@ def test_tiny_checkpoint_loads_with_bert_backbone(tiny_bert):
     out = backbone({"token_ids": np.ones((2, 8), "int32"), "segment_ids": np.zeros((2, 8), "int32"),
                     "padding_mask": np.ones((2, 8), "int32")})
     assert out["pooled_output"].shape == (2, cfg["hidden_size"])
+
+
+def test_normalized_names_load_to_the_same_weights(tiny_bert, tmp_path):
+    """The original-BERT naming (for keras-hub 0.25.1 on Python 3.10) ports the same weights."""
+    import keras_hub
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from trainer.models import normalize_bert_checkpoint
+
+    out = normalize_bert_checkpoint(str(tiny_bert), str(tmp_path / "norm"))
+    keys = set(load_file(f"{out}/model.safetensors"))
+    assert "bert.embeddings.LayerNorm.gamma" in keys and "bert.encoder.layer.0.output.LayerNorm.beta" in keys
+    a = keras_hub.models.BertBackbone.from_preset(str(tiny_bert))
+    b = keras_hub.models.BertBackbone.from_preset(out)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)

@@ -40,6 +40,7 @@ class TrainConfig:
     warmup_ratio: float
     weight_decay: float
     dropout: float
+    pooling: str
     lstm_vocab_size: int
     lstm_embedding_dim: int
     lstm_units: int
@@ -54,6 +55,8 @@ class TrainConfig:
             "epochs", "batch_size", "learning_rate", "max_seq_len", "seed", "patience", "precision",
             "warmup_ratio", "weight_decay", "dropout", "pretrained",
         ]
+        if self.model == "bert":
+            keys += ["pooling"]
         if self.model == "lstm":
             keys += ["lstm_vocab_size", "lstm_embedding_dim", "lstm_units"]
         return {k: getattr(self, k) for k in keys}
@@ -113,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=None,
                    help=f"Dropout before the classification layer (lstm: also on the embeddings). Default: "
                    f"{DEFAULT_DROPOUT['bert']} (bert), {DEFAULT_DROPOUT['lstm']} (lstm).")
+    p.add_argument("--pooling", choices=("cls", "mean"), default="cls",
+                   help="bert: sentence vector for the classifier: the pre-trained [CLS] pooler, or the masked "
+                   "mean of the token vectors (better for sentence-embedding checkpoints such as all-MiniLM).")
     p.add_argument("--lstm-vocab-size", type=int, default=4000,
                    help="lstm without --pretrained: size of the WordPiece vocab trained on the training split.")
     p.add_argument("--lstm-embedding-dim", type=int, default=64, help="lstm: embedding size.")
@@ -167,6 +173,7 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> TrainConfig:
         warmup_ratio=args.warmup_ratio,
         weight_decay=args.weight_decay,
         dropout=dropout,
+        pooling=args.pooling,
         lstm_vocab_size=args.lstm_vocab_size,
         lstm_embedding_dim=args.lstm_embedding_dim,
         lstm_units=args.lstm_units,

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from typing import Optional
 
 import keras
 
 from trainer.errors import CheckpointError
 
 
-def build_bert(checkpoint_dir: str, num_classes: int, dropout: float, max_seq_len: int) -> keras.Model:
-    """Pooled [CLS] -> dropout -> dense logits, on a backbone loaded from `checkpoint_dir`."""
+def build_bert(checkpoint_dir: str, num_classes: int, dropout: float, max_seq_len: int,
+               pooling: str = "cls", work_dir: Optional[str] = None) -> keras.Model:
+    """Pooled [CLS] (or masked mean, pooling="mean") -> dropout -> dense logits, on a backbone loaded from `checkpoint_dir`."""
     import keras_hub
 
     with open(os.path.join(checkpoint_dir, "config.json")) as f:
@@ -26,9 +29,17 @@ def build_bert(checkpoint_dir: str, num_classes: int, dropout: float, max_seq_le
                               f"({max_pos})")
     try:
         backbone = keras_hub.models.BertBackbone.from_preset(checkpoint_dir)
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise CheckpointError(f"cannot load BERT checkpoint {checkpoint_dir}: {type(exc).__name__}: {first}") from exc
+    except Exception as first_exc:
+        # keras-hub 0.25.1 (the last release for Python 3.10) only reads the original BERT names
+        # ("bert." prefix, LayerNorm gamma/beta); newer HF exports use LayerNorm weight/bias and no prefix.
+        try:
+            backbone = keras_hub.models.BertBackbone.from_preset(
+                normalize_bert_checkpoint(checkpoint_dir, os.path.join(work_dir or checkpoint_dir, "normalized")))
+        except Exception:
+            exc = first_exc
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise CheckpointError(
+                f"cannot load BERT checkpoint {checkpoint_dir}: {type(exc).__name__}: {first}") from exc
     # A plain functional model rather than keras_hub's BertTextClassifier: the latter is a PipelineModel
     # whose fit() routes numpy batches through grain/tf.data, which a TF-free JAX install does not have.
     inputs = {
@@ -36,11 +47,35 @@ def build_bert(checkpoint_dir: str, num_classes: int, dropout: float, max_seq_le
         "segment_ids": keras.Input(shape=(None,), dtype="int32", name="segment_ids"),
         "padding_mask": keras.Input(shape=(None,), dtype="int32", name="padding_mask"),
     }
-    pooled = backbone(inputs)["pooled_output"]  # tanh(dense([CLS]))
+    outputs = backbone(inputs)
+    if pooling == "cls":
+        pooled = outputs["pooled_output"]  # tanh(dense([CLS])), BERT's pre-trained pooler
+    else:  # mean of the real tokens: what sentence-embedding checkpoints (e.g. all-MiniLM) were trained for
+        pooled = keras.layers.GlobalAveragePooling1D(name="mean_pool")(outputs["sequence_output"],
+                                                                       mask=inputs["padding_mask"])
     x = keras.layers.Dropout(dropout, name="classifier_dropout")(pooled)
     logits = keras.layers.Dense(num_classes, name="logits", dtype="float32",
                                 kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02))(x)
     return keras.Model(inputs, logits, name="bert_classifier")
+
+
+def normalize_bert_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
+    """Copy of an HF BERT checkpoint with the original BERT weight names: `bert.` prefix on encoder weights,
+    LayerNorm `gamma`/`beta`. Both keras-hub 0.25.1 and 0.32 read these. Returns `out_dir`."""
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(os.path.join(checkpoint_dir, "model.safetensors"))
+    renamed = {}
+    for key, value in tensors.items():
+        if not key.startswith(("bert.", "cls.", "classifier.")):
+            key = "bert." + key
+        if ".LayerNorm." in key:
+            key = key.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
+        renamed[key] = value
+    os.makedirs(out_dir, exist_ok=True)
+    save_file(renamed, os.path.join(out_dir, "model.safetensors"))
+    shutil.copyfile(os.path.join(checkpoint_dir, "config.json"), os.path.join(out_dir, "config.json"))
+    return out_dir
 
 
 def build_lstm(vocab_size: int, num_classes: int, embedding_dim: int, units: int, dropout: float) -> keras.Model:

@@ -172,7 +172,7 @@ def _run(cfg: TrainConfig, splits: dict, work_dir: str) -> dict:
     }
 
     if cfg.model == "bert":
-        model = build_bert(pretrained_dir, len(LABELS), cfg.dropout, cfg.max_seq_len)
+        model = build_bert(pretrained_dir, len(LABELS), cfg.dropout, cfg.max_seq_len, cfg.pooling, work_dir=work_dir)
     else:
         if pad_id != 0:
             raise CheckpointError(f"vocab {vocab_path}: [PAD] must have id 0 for the lstm's masking, got {pad_id}")
