@@ -13,6 +13,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import TerminationSignal
+from prefect.futures import wait
 from prefect.runtime import flow_run
 
 from tasks import gcs, vertex
@@ -58,14 +60,43 @@ def train_model(
     )  # fmt: skip
 
 
-def cancel_vertex_jobs(flow, flow_run_obj, state) -> None:
-    """on_cancellation hook: the Vertex jobs of this run are cancelled too, not left burning GPU hours."""
-    params = flow_run_obj.parameters
-    cfg = parse_config(params["config"])
-    run_key = params.get("run_key") or str(flow_run_obj.id)
+def _cancel_run_jobs(cfg: PipelineConfig, run_key: str) -> list[str]:
     client = vertex.job_client(cfg)
-    cancelled = vertex.cancel_jobs(client, vertex.parent_of(cfg), {vertex.LABEL_RUN: vertex.label_value(run_key)})
+    return vertex.cancel_jobs(client, vertex.parent_of(cfg), {vertex.LABEL_RUN: vertex.label_value(run_key)})
+
+
+def cancel_vertex_jobs(flow, flow_run, state) -> None:
+    """on_cancellation hook (Prefect calls hooks with the keywords flow, flow_run, state): the Vertex jobs of this
+    run are cancelled too, not left burning GPU hours. A backstop for `_cancel_if_run_cancelled`; idempotent."""
+    params = flow_run.parameters
+    cfg = parse_config(params["config"])
+    cancelled = _cancel_run_jobs(cfg, params.get("run_key") or str(flow_run.id))
     print(f"Cancelled Vertex jobs: {cancelled or 'none running'}")
+
+
+def _cancel_if_run_cancelled(cfg: PipelineConfig, run_key: str) -> None:
+    """SIGTERM reached the flow process. Cancel the Vertex jobs only when the flow run is being cancelled: a worker
+    shutting down or a crash must leave them running, so that a rerun with the same run_key reattaches."""
+    from prefect import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run.id).state
+    except Exception as exc:  # noqa: BLE001 - the on_cancellation hook is the backstop
+        print(f"Could not read the flow run state ({type(exc).__name__}); leaving the Vertex jobs to the hook")
+        return
+    if state is not None and (state.is_cancelling() or state.is_cancelled()):
+        cancelled = _cancel_run_jobs(cfg, run_key)
+        print(f"Flow run cancelled: cancelled Vertex jobs {cancelled or 'none running'}")
+
+
+def _results(futures: dict) -> dict:
+    """Wait in short slices: a blocking `future.result()` is not interrupted by SIGTERM, so a cancelled run would
+    only notice when its jobs ended (and Prefect's runner runs on_cancellation hooks only after the process exits)."""
+    pending = list(futures.values())
+    while wait(pending, timeout=0.5).not_done:
+        pass
+    return {model: future.result() for model, future in futures.items()}
 
 
 @flow(name="train", log_prints=True, on_cancellation=[cancel_vertex_jobs])
@@ -110,7 +141,11 @@ def train(config: PipelineConfig, force: bool = False, run_key: str | None = Non
         )
         for model in cfg.models
     }
-    outcomes = {model: future.result() for model, future in futures.items()}
+    try:
+        outcomes = _results(futures)
+    except TerminationSignal:
+        _cancel_if_run_cancelled(cfg, run_key)
+        raise
     summary = report_results(
         cfg, outcomes, inputs_key=key, data_fingerprint=prepared.fingerprint, trainer_sha256=package.sha256,
         run_key=run_key,
