@@ -1,0 +1,112 @@
+"""Reliability suite: faults injected into the real Vertex emulator and fake-gcs-server, real Prefect server,
+real (tiny) trainings. Every test asserts the end state AND the side effects counted by the emulator."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+KAGGLE_CSV = ROOT.parent / "shared" / "data" / "financial_news_kaggle" / "all-data.csv"
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real Prefect server (subprocess, temp database). `api_url` is what subprocess flows and servers use."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def small_csv(tmp_path_factory) -> Path:
+    """150 real Financial PhraseBank sentences (50 per class) as `text,label`."""
+    if not KAGGLE_CSV.exists():
+        pytest.skip(f"{KAGGLE_CSV} is not there (the data set is read from ../shared, never committed)")
+    per_class: dict[str, list[str]] = {"negative": [], "neutral": [], "positive": []}
+    with open(KAGGLE_CSV, encoding="latin-1", newline="") as f:
+        for label, text in csv.reader(f):
+            if len(per_class[label]) < 50:
+                per_class[label].append(text)
+    out = tmp_path_factory.mktemp("rel-data") / "small.csv"
+    with open(out, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for label, texts in per_class.items():
+            writer.writerows((text, label) for text in texts)
+    return out
+
+
+def lstm_config(endpoint: str, bucket: str, data_uri: str, *, epochs: int = 1, **overrides) -> dict:
+    """A cheap PipelineConfig dict: one LSTM, short sequences, fast polls, on the emulators."""
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    return {
+        "project": "finsent-test",
+        "region": "us-central1",
+        "bucket": bucket,
+        "vertex_endpoint": endpoint,
+        "anonymous_credentials": True,
+        "models": ["lstm"],
+        "params": {"lstm": {"epochs": epochs, "batch_size": 32, "max_seq_len": 16, "learning_rate": 0.003,
+                            "patience": 100}},
+        "data": {"uri": data_uri},
+        "poll": {"initial_seconds": 0.2, "fast_phase_max_seconds": 0.5, "max_seconds": 1.0},
+    } | overrides
+
+
+@pytest.fixture
+def rel_config(vertex_emulator, gcs_bucket, small_csv) -> dict:
+    return lstm_config(vertex_emulator.endpoint, gcs_bucket, str(small_csv))
+
+
+@pytest.fixture(scope="session")
+def staged(gcs_emulator, vertex_emulator, small_csv, tmp_path_factory) -> dict:
+    """Data and trainer sdist uploaded once to a session bucket, for task-level `run_training_job` tests."""
+    from flows.train import TRAINER_DIR
+    from tasks import gcs
+    from tasks.config import parse_config, tf_version_of_image
+    from tasks.dataset import fetch_dataset
+    from tasks.packaging import package_trainer
+
+    bucket = f"rel-{uuid.uuid4().hex[:10]}"
+    gcs_emulator.create_bucket(bucket)
+    cfg = parse_config(lstm_config(vertex_emulator.endpoint, bucket, str(small_csv)))
+    work = tmp_path_factory.mktemp("staged")
+    from prefect.logging import disable_run_logger
+
+    with disable_run_logger():
+        prepared = fetch_dataset.fn(cfg.data, work, pipeline=cfg)
+        package = package_trainer.fn(TRAINER_DIR, work, tf_version=tf_version_of_image(cfg.executor_image_uri))
+        uploads = gcs.upload_inputs.fn(cfg, prepared, package)
+    return {"bucket": bucket, "package_uri": uploads.package_uri, "data_uri": uploads.data_uri,
+            "package_path": package.path}
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def subprocess_env(api_url: str, **extra: str) -> dict:
+    env = dict(os.environ)
+    env.update({"PREFECT_API_URL": api_url, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'trainer' / 'src'}",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "WANDB_MODE": "offline",
+                "KERAS_BACKEND": "jax", "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+PYTHON = sys.executable

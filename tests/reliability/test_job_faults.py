@@ -1,0 +1,186 @@
+"""Task level (`run_training_job`) against the Vertex emulator's fault injection, real tiny LSTM trainings:
+API bursts, a create whose response is lost, spot preemption with and without restart, user errors."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+import pytest
+from google.cloud import storage
+
+from tasks import vertex
+from tasks.config import parse_config
+from tasks.errors import JobFailedError, RetryableJobError
+from tests.reliability.conftest import lstm_config, wait_until
+
+
+def _cfg(vertex_emulator, staged, **overrides):
+    return parse_config(lstm_config(vertex_emulator.endpoint, staged["bucket"], "unused", **overrides))
+
+
+def _run(cfg, staged, run_key, lines, model="lstm", data_uri=None):
+    output_uri = f"gs://{staged['bucket']}/rel/{run_key}/{model}"
+    outcome = vertex.run_training_job(
+        cfg, model, package_uri=staged["package_uri"], data_uri=data_uri or staged["data_uri"],
+        output_uri=output_uri, run_key=run_key, log=lines.append,
+    )
+    return outcome, output_uri
+
+
+def _read(uri: str):
+    bucket, _, name = uri.removeprefix("gs://").partition("/")
+    blob = storage.Client(project="t").bucket(bucket).blob(name)
+    return blob.download_as_bytes() if blob.exists() else None
+
+
+def _metrics(output_uri):
+    raw = _read(f"{output_uri}/model/metrics.json")
+    return json.loads(raw) if raw else None
+
+
+def _epoch_log(output_uri):
+    raw = _read(f"{output_uri}/checkpoints/epochs.jsonl")
+    return [json.loads(line) for line in raw.decode().splitlines() if line.strip()] if raw else []
+
+
+def _by_method(admin, method):
+    return [r for r in admin.requests() if r["method"] == method]
+
+
+def _run_jobs(admin, run_key):
+    return [j for j in admin.jobs() if j["labels"].get(vertex.LABEL_RUN) == vertex.label_value(run_key)]
+
+
+def test_503_and_429_bursts_on_create_get_and_list_make_exactly_one_job(vertex_emulator, vertex_admin, staged):
+    run_key = f"burst-{uuid.uuid4().hex[:8]}"
+    vertex_admin.set_faults([
+        {"method": "list", "status": 503, "times": 1},
+        {"method": "create", "status": 503, "times": 1},
+        {"method": "create", "status": 429, "times": 1},
+        {"method": "get", "status": 503, "times": 3},
+        {"method": "get", "status": 429, "times": 3},
+    ])
+    lines: list[str] = []
+    outcome, output_uri = _run(_cfg(vertex_emulator, staged), staged, run_key, lines)
+
+    assert outcome.state == "JOB_STATE_SUCCEEDED" and outcome.attempts == 1
+    creates = _by_method(vertex_admin, "create")
+    assert [r["status"] for r in creates] == [503, 429, 200], "two refused creates, then exactly one real one"
+    gets = _by_method(vertex_admin, "get")
+    assert [r["status"] for r in gets[:6]] == [503] * 3 + [429] * 3 and gets[-1]["status"] == 200
+    jobs = _run_jobs(vertex_admin, run_key)
+    assert len(jobs) == 1 and jobs[0]["state"] == "JOB_STATE_SUCCEEDED"
+    assert _metrics(output_uri)["train"]["epochs_run"] == 1
+    print(f"\n[bursts] requests: {len(creates)} create, {len(gets)} get, "
+          f"{len(_by_method(vertex_admin, 'list'))} list; jobs 1; {outcome.seconds:.1f}s")
+
+
+def test_commit_then_drop_on_create_reattaches_instead_of_creating_a_second_job(
+    vertex_emulator, vertex_admin, staged
+):
+    run_key = f"drop-{uuid.uuid4().hex[:8]}"
+    vertex_admin.set_faults([{"method": "create", "commit_then_drop": True, "times": 1}])
+    lines: list[str] = []
+    outcome, output_uri = _run(_cfg(vertex_emulator, staged), staged, run_key, lines)
+
+    creates = _by_method(vertex_admin, "create")
+    assert len(creates) == 1 and creates[0]["status"] == 503, "the one create was committed; no second create"
+    jobs = _run_jobs(vertex_admin, run_key)
+    assert len(jobs) == 1 and jobs[0]["emulator"]["createResponseDropped"]
+    assert outcome.job_name == jobs[0]["name"] and outcome.state == "JOB_STATE_SUCCEEDED"
+    assert any("created despite the error" in line for line in lines)
+    assert _metrics(output_uri) is not None, "no lost model"
+
+
+def _preempt_after_first_checkpoint(admin, output_uri, result: dict):
+    """Inject the preemption once the first epoch's checkpoint is committed (deterministic, no timing guess)."""
+    def watch():
+        try:
+            wait_until(lambda: _read(f"{output_uri}/checkpoints/state.json"), 180, "first checkpoint", 0.05)
+            admin.set_faults(preempt={"after_seconds": 0, "times": 1})
+            result["injected"] = True
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            result["error"] = exc
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+EPOCHS = 6
+
+
+@pytest.mark.parametrize("restart", [True, False], ids=["restart-on-worker-restart", "resubmit"])
+def test_spot_preemption_resumes_from_the_last_checkpoint_without_training_an_epoch_twice(
+    vertex_emulator, vertex_admin, staged, restart
+):
+    run_key = f"spot-{'r' if restart else 's'}-{uuid.uuid4().hex[:8]}"
+    cfg = _cfg(vertex_emulator, staged, epochs=EPOCHS, scheduling_strategy="SPOT",
+               restart_job_on_worker_restart=restart, max_infra_retries=2)
+    output_uri = f"gs://{staged['bucket']}/rel/{run_key}/lstm"
+    injected: dict = {}
+    watcher = _preempt_after_first_checkpoint(vertex_admin, output_uri, injected)
+    lines: list[str] = []
+    outcome, _ = _run(cfg, staged, run_key, lines)
+    watcher.join(5)
+    assert injected.get("injected"), injected
+
+    metrics = _metrics(output_uri)
+    epochs = [entry["epoch"] for entry in _epoch_log(output_uri)]
+    assert epochs == list(range(1, EPOCHS + 1)), f"each epoch exactly once, in order: {epochs}"
+    assert metrics["train"]["epochs_run"] == EPOCHS
+    assert metrics["train"]["resumed_from_epoch"] >= 1, "the last process resumed from a checkpoint"
+    processes = {entry["run_id"] for entry in _epoch_log(output_uri)}
+    assert len(processes) == 2, "epochs came from two processes: before and after the preemption"
+    jobs = _run_jobs(vertex_admin, run_key)
+    creates = _by_method(vertex_admin, "create")
+    if restart:
+        assert len(jobs) == 1 and len(creates) == 1 and outcome.attempts == 1
+        assert jobs[0]["emulator"]["preemptions"] == 1 and jobs[0]["state"] == "JOB_STATE_SUCCEEDED"
+        assert jobs[0]["emulator"]["replicas"][0]["restarts"] == 1
+    else:
+        by_attempt = {j["labels"][vertex.LABEL_ATTEMPT]: j for j in jobs}
+        assert len(creates) == 2 and set(by_attempt) == {"1", "2"} and outcome.attempts == 2
+        assert by_attempt["1"]["state"] == "JOB_STATE_FAILED" and "preempted" in by_attempt["1"]["error"]["message"]
+        assert by_attempt["2"]["state"] == "JOB_STATE_SUCCEEDED"
+        assert {j["jobSpec"]["baseOutputDirectory"]["outputUriPrefix"] for j in jobs} == {output_uri}
+    print(f"\n[preempt restart={restart}] epochs {epochs}, resumed_from_epoch "
+          f"{metrics['train']['resumed_from_epoch']}, creates {len(creates)}, {outcome.seconds:.1f}s")
+
+
+def test_repeated_preemption_is_resubmitted_a_bounded_number_of_times(vertex_emulator, vertex_admin, staged):
+    run_key = f"spot-bound-{uuid.uuid4().hex[:8]}"
+    cfg = _cfg(vertex_emulator, staged, scheduling_strategy="SPOT", restart_job_on_worker_restart=False,
+               max_infra_retries=1)
+    vertex_admin.set_faults(preempt={"after_seconds": 0, "times": 0})  # every replica, forever
+    with pytest.raises(RetryableJobError, match="preempted"):
+        _run(cfg, staged, run_key, [])
+    jobs = _run_jobs(vertex_admin, run_key)
+    assert len(_by_method(vertex_admin, "create")) == 2, "first try + max_infra_retries=1 resubmit, then give up"
+    assert sorted(j["labels"][vertex.LABEL_ATTEMPT] for j in jobs) == ["1", "2"]
+    assert all(j["state"] == "JOB_STATE_FAILED" for j in jobs)
+
+
+@pytest.mark.parametrize("bad", ["module", "data"])
+def test_user_error_is_never_retried(vertex_emulator, vertex_admin, staged, bad, monkeypatch):
+    run_key = f"user-{bad}-{uuid.uuid4().hex[:8]}"
+    cfg = _cfg(vertex_emulator, staged, max_infra_retries=2)
+    data_uri = staged["data_uri"]
+    if bad == "module":
+        real = vertex.build_custom_job
+
+        def broken(*args, **kwargs):
+            job = real(*args, **kwargs)
+            job["job_spec"]["worker_pool_specs"][0]["python_package_spec"]["python_module"] = "trainer.no_such"
+            return job
+
+        monkeypatch.setattr(vertex, "build_custom_job", broken)
+    else:
+        data_uri = f"gs://{staged['bucket']}/no-such-data"
+    with pytest.raises(JobFailedError) as info:
+        _run(cfg, staged, run_key, [], data_uri=data_uri)
+    assert not isinstance(info.value, RetryableJobError)
+    assert len(_by_method(vertex_admin, "create")) == 1, "a user error is never resubmitted"
+    assert [j["state"] for j in _run_jobs(vertex_admin, run_key)] == ["JOB_STATE_FAILED"]
