@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
 import tarfile
 import time
 import uuid
@@ -17,7 +18,10 @@ import pytest
 from google.cloud import storage
 
 from flows.train import train
+from prefect.exceptions import ParameterTypeError
+
 from tasks import vertex
+from tasks.config import parse_config
 from tasks.errors import ConfigError, DataError
 from tests.reliability.conftest import lstm_config
 
@@ -83,8 +87,22 @@ def test_bad_data_is_refused_before_any_upload_or_job(case, rel_config, vertex_a
 @pytest.mark.parametrize("case", list(BAD_CONFIG))
 def test_bad_settings_are_refused_before_any_upload_or_job(case, rel_config, vertex_admin, gcs_bucket):
     override, message = BAD_CONFIG[case]
+    if case == "missing-bucket":  # a valid config: refused by the flow's pre-flight check
+        state = train(config=rel_config | override, return_state=True)
+        _assert_refused(state, ConfigError, message, vertex_admin, gcs_bucket)
+        return
+    # The same one line from parse_config (what deployments.serve runs at deploy time) ...
+    with pytest.raises(ConfigError, match=message) as info:
+        parse_config(rel_config | override)
+    assert "\n" not in str(info.value)
+    # ... and through train(...): Prefect validates the `config` parameter (PipelineConfig) before the flow body,
+    # so the run fails with ParameterTypeError, whose message carries the same reason on one of its lines.
     state = train(config=rel_config | override, return_state=True)
-    _assert_refused(state, ConfigError, message, vertex_admin, gcs_bucket)
+    assert state.is_failed()
+    with pytest.raises(ParameterTypeError) as info:
+        state.result()
+    assert any(re.search(message, line) for line in str(info.value).splitlines())
+    assert _creates(vertex_admin) == [] and [b.name for b in _blobs(gcs_bucket)] == []
 
 
 def test_missing_credentials_are_refused_before_any_upload_or_job(rel_config, vertex_admin, gcs_bucket,
