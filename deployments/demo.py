@@ -120,7 +120,8 @@ def main() -> int:
                 [str(BIN / "prefect"), "deployment", "run", "train/vertex", "--watch", "--watch-interval", "5"],
                 env=env, capture_output=True, text=True,
             )  # fmt: skip
-            print(run.stdout[-4000:], run.stderr[-2000:], sep="\n")
+            if run.returncode != 0:
+                print(run.stdout[-4000:], run.stderr[-2000:], sep="\n")
             flow_run_id = next(
                 (line.split("UUID:")[1].strip() for line in run.stdout.splitlines() if "UUID:" in line), None
             )
