@@ -136,13 +136,18 @@ class WandbConfig(_Strict):
 
 
 class PollConfig(_Strict):
-    """Adaptive polling: quick while a job starts, slower for long jobs."""
+    """Adaptive polling: quick while a job starts, slower for long jobs.
+
+    Defaults (docs/benchmarks.md, Orchestration): every second for the first 30 s, then x1.3 per poll up to 60 s.
+    A one-hour job costs 101 GETs; the largest gap in the first minute is 8.2 s; a short job's end is seen within
+    1 s (it was up to 5 s with the earlier 60 s / 5 s fast phase, the bulk of the flow's overhead on the emulators).
+    """
 
     initial_seconds: float = Field(1.0, gt=0)
     max_seconds: float = Field(60.0, gt=0)
     growth: float = Field(1.3, ge=1.0)
-    fast_phase_seconds: float = Field(60.0, ge=0, description="Keep polling every few seconds this long.")
-    fast_phase_max_seconds: float = Field(5.0, gt=0)
+    fast_phase_seconds: float = Field(30.0, ge=0, description="Keep polling every few seconds this long.")
+    fast_phase_max_seconds: float = Field(1.0, gt=0)
 
 
 class PipelineConfig(_Strict):
