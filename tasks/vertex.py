@@ -148,8 +148,8 @@ def build_custom_job(
 def next_poll_delay(elapsed: float, previous: float | None, poll) -> float:
     """Adaptive backoff: a few seconds while the job starts (state changes seen fast), then growing to the cap.
 
-    With the defaults a one-hour job is polled about 80 times, and every state change in its first minute is
-    seen within 5 s.
+    With the defaults (every second for 30 s, then x1.3 up to 60 s) a one-hour job is polled about 100 times, and
+    every state change in its first minute is seen within about 8 s (bench/orchestration.py).
     """
     if previous is None:
         return poll.initial_seconds
