@@ -50,10 +50,11 @@ class JobService:
         base_url: this server's URL, for the log links put in `webAccessUris`.
         tick: seconds each quick state (QUEUED, PENDING, CANCELLING) lasts at least, so polls can observe it.
         kill_grace: seconds between SIGTERM and SIGKILL when killing a replica's process group.
+        max_running: jobs running at once, like a regional GPU quota; the others wait in PENDING. None: no limit.
     """
 
     def __init__(self, store: JobStore, runner: Runner, faults: Faults, data_dir: Path, base_url: str,
-                 tick: float = 0.2, kill_grace: float = 2.0) -> None:
+                 tick: float = 0.2, kill_grace: float = 2.0, max_running: int | None = None) -> None:
         self.store = store
         self.runner = runner
         self.faults = faults
@@ -64,6 +65,7 @@ class JobService:
         self._wake: dict[str, threading.Event] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._shutdown = threading.Event()
+        self._capacity = threading.Semaphore(max_running) if max_running else None
 
     # ---- API methods -------------------------------------------------------------------------------------------
 
@@ -333,10 +335,28 @@ class JobService:
             return
         if record.cancel_requested:
             return self._finish_cancel(record, time.monotonic())
-        procs = self._start_replicas(record, prepared)
-        if not resume:
-            self._transition(record, S.JOB_STATE_RUNNING)
-        self._monitor(record, prepared, procs)
+        if not self._acquire_capacity(record):
+            return
+        try:
+            procs = self._start_replicas(record, prepared)
+            if not resume:
+                self._transition(record, S.JOB_STATE_RUNNING)
+            self._monitor(record, prepared, procs)
+        finally:
+            if self._capacity is not None:
+                self._capacity.release()
+
+    def _acquire_capacity(self, record: JobRecord) -> bool:
+        """Wait in PENDING for a free slot (no limit: at once). False when cancelled or shutting down meanwhile."""
+        if self._capacity is None:
+            return True
+        while not self._capacity.acquire(timeout=self.tick):
+            if self._shutdown.is_set():
+                return False
+            if record.cancel_requested:
+                self._finish_cancel(record, time.monotonic())
+                return False
+        return True
 
     def _start_replicas(self, record: JobRecord, prepared) -> dict[str, ReplicaProcess]:
         job = record.resource

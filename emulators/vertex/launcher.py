@@ -78,6 +78,7 @@ class VertexEmulator:
             (default: this process's STORAGE_EMULATOR_HOST, if set).
         tick: seconds each quick state (QUEUED, PENDING, CANCELLING) lasts at least.
         kill_grace: seconds between SIGTERM and SIGKILL when killing replicas.
+        max_running: jobs running at once (a GPU quota); the rest wait in PENDING. None: no limit.
         runner: "subprocess" (real processes) or "instant".
         env: extra environment for the server (and so for its jobs' allow-listed variables).
         python: interpreter to run the server with (the jobs' venvs are made from it).
@@ -92,6 +93,7 @@ class VertexEmulator:
         gcs_endpoint: str | None = None,
         tick: float = 0.2,
         kill_grace: float = 2.0,
+        max_running: int | None = None,
         runner: str = "subprocess",
         env: dict[str, str] | None = None,
         python: str = sys.executable,
@@ -104,6 +106,7 @@ class VertexEmulator:
         self.gcs_endpoint = gcs_endpoint or os.environ.get("STORAGE_EMULATOR_HOST")
         self.tick = tick
         self.kill_grace = kill_grace
+        self.max_running = max_running
         self.runner = runner
         self.env = dict(env or {})
         self.python = python
@@ -137,6 +140,8 @@ class VertexEmulator:
         cmd = [self.python, "-m", "emulators.vertex", "--host", self.host, "--port", str(port),
                "--port-file", str(port_file), "--tick", str(self.tick), "--kill-grace", str(self.kill_grace),
                "--runner", self.runner]
+        if self.max_running:
+            cmd += ["--max-running", str(self.max_running)]
         if self.state_dir is not None:
             cmd += ["--state-dir", str(self.state_dir)]
         if self.gcs_endpoint:

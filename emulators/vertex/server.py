@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="fake-gcs-server URL (sets STORAGE_EMULATOR_HOST for package downloads and jobs)")
     parser.add_argument("--runner", choices=["subprocess", "instant"], default="subprocess")
     parser.add_argument("--tick", type=float, default=0.2, help="seconds QUEUED, PENDING and CANCELLING last at least")
+    parser.add_argument("--max-running", type=int, default=None,
+                        help="jobs running at once, like a GPU quota: the rest wait in PENDING (default: no limit)")
     parser.add_argument("--kill-grace", type=float, default=2.0, help="seconds between SIGTERM and SIGKILL")
     parser.add_argument("--no-venv-cache", action="store_true", help="install packages into a fresh venv per job")
     parser.add_argument("--log-level", default="warning")
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = InstantRunner() if args.runner == "instant" else SubprocessRunner(data_dir, cache_venvs=not args.no_venv_cache)
     faults = Faults()
     service = JobService(JobStore(args.state_dir), runner, faults, data_dir, base_url, tick=args.tick,
-                         kill_grace=args.kill_grace)
+                         kill_grace=args.kill_grace, max_running=args.max_running)
     app = build_app(service, faults, RequestLog())
     service.recover()
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False, lifespan="off",

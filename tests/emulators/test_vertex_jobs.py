@@ -12,7 +12,7 @@ from google.api_core import exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from emulator_testkit import PARENT, PROJECT, wait_for_state
+from emulator_testkit import PARENT, PROJECT, make_client, wait_for_state
 
 TERMINAL = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
 
@@ -281,3 +281,18 @@ def test_high_level_custom_job_failure_raises(vertex_emulator, package_uri, job_
     with pytest.raises(RuntimeError, match="non-zero status of 1"):
         job.run(sync=True)
     assert job.state.name == "JOB_STATE_FAILED"
+
+
+def test_max_running_keeps_extra_jobs_pending_like_a_gpu_quota(make_job, gcs_emulator):
+    from emulators.vertex import VertexEmulator
+
+    with VertexEmulator(gcs_endpoint=gcs_emulator.endpoint, max_running=1) as emulator:
+        client = make_client(emulator.endpoint)
+        first = client.create_custom_job(parent=PARENT, custom_job=make_job("sleep", ["600"]))
+        wait_for_state(client, first.name, {"JOB_STATE_RUNNING"})
+        second = client.create_custom_job(parent=PARENT, custom_job=make_job("write"))
+        time.sleep(1.5)  # several ticks: with a free slot it would have run and succeeded by now
+        assert client.get_custom_job(name=second.name).state.name == "JOB_STATE_PENDING"
+        client.cancel_custom_job(name=first.name)
+        assert wait_for_state(client, first.name, TERMINAL).state.name == "JOB_STATE_CANCELLED"
+        assert wait_for_state(client, second.name, TERMINAL).state.name == "JOB_STATE_SUCCEEDED"
