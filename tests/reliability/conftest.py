@@ -3,7 +3,6 @@ real (tiny) trainings. Every test asserts the end state AND the side effects cou
 
 from __future__ import annotations
 
-import csv
 import os
 import sys
 import time
@@ -12,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.sample_data import KAGGLE_CSV, write_phrasebank_sample
+
 ROOT = Path(__file__).resolve().parents[2]
-KAGGLE_CSV = ROOT.parent / "shared" / "data" / "financial_news_kaggle" / "all-data.csv"
 
 
 @pytest.fixture(scope="session")
@@ -31,18 +31,7 @@ def small_csv(tmp_path_factory) -> Path:
     """150 real Financial PhraseBank sentences (50 per class) as `text,label`."""
     if not KAGGLE_CSV.exists():
         pytest.skip(f"{KAGGLE_CSV} is not there (the data set is read from ../shared, never committed)")
-    per_class: dict[str, list[str]] = {"negative": [], "neutral": [], "positive": []}
-    with open(KAGGLE_CSV, encoding="latin-1", newline="") as f:
-        for label, text in csv.reader(f):
-            if len(per_class[label]) < 50:
-                per_class[label].append(text)
-    out = tmp_path_factory.mktemp("rel-data") / "small.csv"
-    with open(out, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        for label, texts in per_class.items():
-            writer.writerows((text, label) for text in texts)
-    return out
+    return write_phrasebank_sample(tmp_path_factory.mktemp("rel-data") / "small.csv", per_class=50)
 
 
 def lstm_config(endpoint: str, bucket: str, data_uri: str, *, epochs: int = 1, **overrides) -> dict:
