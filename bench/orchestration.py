@@ -31,7 +31,6 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import contextlib
-import csv
 import datetime as dt
 import importlib.util
 import json
@@ -47,7 +46,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-KAGGLE_CSV = ROOT.parent / "shared" / "data" / "financial_news_kaggle" / "all-data.csv"
+from tests.sample_data import write_phrasebank_sample  # noqa: E402
+
 PROJECT, REGION = "finsent-bench", "us-central1"
 SLEEP_SECONDS = 60.0
 MEASURED_RUNS = 3
@@ -64,21 +64,6 @@ def _ts(value) -> float:
     return value.timestamp()
 
 
-def _write_csv(path: Path, per_class: int = 100) -> Path:
-    """`per_class` real sentences per label from the Kaggle Financial PhraseBank CSV (latin-1, no header)."""
-    rows: dict[str, list[str]] = {"negative": [], "neutral": [], "positive": []}
-    with open(KAGGLE_CSV, encoding="latin-1", newline="") as f:
-        for label, text in csv.reader(f):
-            if len(rows[label]) < per_class:
-                rows[label].append(text)
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        for label, texts in rows.items():
-            writer.writerows((text, label) for text in texts)
-    return path
-
-
 def _emujob_sdist() -> bytes:
     """The emulator tests' throwaway package (its `emujob.sleep` module sleeps argv[1] seconds)."""
     spec = importlib.util.spec_from_file_location("emujob_sdist", ROOT / "tests" / "emulators" / "emujob_sdist.py")
@@ -89,16 +74,10 @@ def _emujob_sdist() -> bytes:
 
 def _poll_schedule(poll) -> dict:
     """Polls of a one-hour job under the pure schedule, and the largest gap between polls in its first minute."""
-    from tasks.vertex import next_poll_delay
+    from tasks.vertex import poll_schedule
 
-    elapsed, delay, calls, first_minute = 0.0, None, 0, []
-    while elapsed < 3600:
-        delay = next_poll_delay(elapsed, delay, poll)
-        if elapsed < 60:
-            first_minute.append(delay)
-        elapsed += delay
-        calls += 1
-    return {"one_hour_job_polls": calls, "first_minute_max_gap_s": round(max(first_minute), 2)}
+    calls, gap = poll_schedule(poll)
+    return {"one_hour_job_polls": calls, "first_minute_max_gap_s": round(gap, 2)}
 
 
 # --- Prefect read-backs -------------------------------------------------------------------------------------------
@@ -249,7 +228,7 @@ def main() -> dict:
     from tasks.config import PollConfig, parse_config
 
     work = Path(tempfile.mkdtemp(prefix="finsent-bench-"))
-    data = _write_csv(work / "sample.csv")
+    data = write_phrasebank_sample(work / "sample.csv", per_class=100)
     report: dict = {
         "date": dt.date.today().isoformat(),
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, python {platform.python_version()}",

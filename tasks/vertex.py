@@ -159,6 +159,18 @@ def next_poll_delay(elapsed: float, previous: float | None, poll) -> float:
     return min(grown, poll.max_seconds)
 
 
+def poll_schedule(poll, job_seconds: float = 3600.0) -> tuple[int, float]:
+    """(polls made while a job of `job_seconds` runs, longest gap between polls in its first minute)."""
+    elapsed, delay, calls, first_minute_gap = 0.0, None, 0, 0.0
+    while elapsed < job_seconds:
+        delay = next_poll_delay(elapsed, delay, poll)
+        if elapsed < 60:
+            first_minute_gap = max(first_minute_gap, delay)
+        elapsed += delay
+        calls += 1
+    return calls, first_minute_gap
+
+
 def classify_failure(job: aiplatform_v1.CustomJob) -> JobFailedError:
     """The error to raise for a job that ended without success; infrastructure failures are retryable."""
     state = JobState(job.state).name

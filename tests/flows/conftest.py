@@ -3,14 +3,12 @@ emulator, whose jobs install the trainer sdist the flow built and train for real
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-KAGGLE_CSV = SHARED_DATA / "financial_news_kaggle" / "all-data.csv"
+from tests.sample_data import KAGGLE_CSV, write_phrasebank_sample
 
 
 @pytest.fixture(scope="session")
@@ -23,21 +21,10 @@ def prefect_server():
 
 @pytest.fixture(scope="session")
 def sentiment_csv(tmp_path_factory) -> Path:
-    """600 real Financial PhraseBank sentences (the Kaggle CSV), 200 per class, as `text,label`."""
+    """600 real Financial PhraseBank sentences, 200 per class, as `text,label`."""
     if not KAGGLE_CSV.exists():
         pytest.skip(f"{KAGGLE_CSV} is not there (the data set is read from ../shared, never committed)")
-    per_class: dict[str, list[str]] = {"negative": [], "neutral": [], "positive": []}
-    with open(KAGGLE_CSV, encoding="latin-1", newline="") as f:
-        for label, text in csv.reader(f):
-            if len(per_class[label]) < 200:
-                per_class[label].append(text)
-    out = tmp_path_factory.mktemp("flow-data") / "sample.csv"
-    with open(out, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        for label, texts in per_class.items():
-            writer.writerows((text, label) for text in texts)
-    return out
+    return write_phrasebank_sample(tmp_path_factory.mktemp("flow-data") / "sample.csv", per_class=200)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from google.cloud import aiplatform_v1
 
 from tasks.config import PollConfig, parse_config
 from tasks.errors import RetryableJobError
-from tasks.vertex import build_custom_job, classify_failure, next_poll_delay
+from tasks.vertex import build_custom_job, classify_failure, poll_schedule
 
 CFG = parse_config(
     {
@@ -75,16 +75,10 @@ def test_custom_job_spec_is_exactly_what_vertex_needs():
 
 
 def test_poll_schedule_is_fast_early_and_cheap_for_long_jobs():
-    poll = PollConfig()
-    elapsed, delay, calls, first_minute_gaps = 0.0, None, 0, []
-    while elapsed < 3600:
-        delay = next_poll_delay(elapsed, delay, poll)
-        if elapsed < 60:
-            first_minute_gaps.append(delay)
-        elapsed += delay
-        calls += 1
-    assert max(first_minute_gaps) <= 10, "state changes in the first minute must be seen within 10 s"
+    calls, first_minute_gap = poll_schedule(PollConfig(), job_seconds=3600)
+    assert first_minute_gap <= 10, "state changes in the first minute must be seen within 10 s"
     assert calls < 120, f"a one-hour job took {calls} polls"
+    assert poll_schedule(PollConfig(), job_seconds=20)[0] >= 15, "a short job is watched every second"
 
 
 def _failed(message, code=3):

@@ -1,0 +1,24 @@
+"""Small real samples of Financial PhraseBank for flow tests and benchmarks (read from ../shared, never committed)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+KAGGLE_CSV = SHARED_DATA / "financial_news_kaggle" / "all-data.csv"
+
+
+def write_phrasebank_sample(out: Path, per_class: int) -> Path:
+    """The first `per_class` sentences of each label of the Kaggle CSV (latin-1, no header) as UTF-8 `text,label`."""
+    rows: dict[str, list[str]] = {"negative": [], "neutral": [], "positive": []}
+    with open(KAGGLE_CSV, encoding="latin-1", newline="") as f:
+        for label, text in csv.reader(f):
+            if len(rows[label]) < per_class:
+                rows[label].append(text)
+    with open(out, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for label, texts in rows.items():
+            writer.writerows((text, label) for text in texts)
+    return out
