@@ -35,6 +35,7 @@ _CHECKPOINT_FILES = ["config.json", "model.safetensors", "vocab.txt", "tokenizer
 
 def _default_backend() -> None:
     """Keras' own default is TensorFlow (what Vertex images have); without TF installed, use JAX."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter would go to stderr
     if "KERAS_BACKEND" not in os.environ:
         os.environ["KERAS_BACKEND"] = "tensorflow" if importlib.util.find_spec("tensorflow") else "jax"
 
@@ -93,12 +94,10 @@ def _environment(precision: str) -> dict:
     devices = keras.distribution.list_devices()
     versions = {"keras": keras.__version__, "keras_hub": keras_hub.__version__, "numpy": numpy.__version__,
                 "python": platform.python_version(), "trainer": __version__}
-    for mod in ("jax", "tensorflow", "torch"):
-        if mod == backend or (backend == "jax" and mod == "jax"):
-            try:
-                versions[mod] = __import__(mod).__version__
-            except Exception:
-                pass
+    try:  # the backend library's version (jax / tensorflow / torch); already imported by Keras
+        versions[backend] = sys.modules[backend].__version__
+    except Exception:
+        pass
     device = "gpu" if any(d.lower().startswith(("gpu", "cuda")) for d in devices) else "cpu"
     return {"backend": backend, "device": device, "versions": versions}
 
