@@ -91,3 +91,4 @@ def test_trained_vocab_puts_pad_first(tmp_path):
     tok = D.load_tokenizer(path, True, 16)
     assert tok.token_to_id("[PAD]") == 0
     assert tok.encode("Profit rose").tokens[0] == "[CLS]"
+

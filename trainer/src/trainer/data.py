@@ -109,9 +109,17 @@ def train_wordpiece_vocab(texts: Sequence[str], vocab_size: int, out_dir: str) -
     tok = BertWordPieceTokenizer(lowercase=True)
     tok.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
                             show_progress=False)
+    # The id order of the learned tokens differs between processes (hash-map order in the Rust trainer):
+    # write specials first, then the tokens sorted, so ids are reproducible whenever the learned set is (on
+    # PhraseBank it was, 3 of 3 processes; on small corpora tied merges can change the set itself, which is
+    # why a resumed run reuses the vocab stored in the checkpoint dir).
+    vocab = tok.get_vocab()
+    rest = sorted(t for t in vocab if t not in SPECIAL_TOKENS)
     os.makedirs(out_dir, exist_ok=True)
-    tok.save_model(out_dir)
-    return os.path.join(out_dir, "vocab.txt")
+    path = os.path.join(out_dir, "vocab.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(SPECIAL_TOKENS + rest) + "\n")
+    return path
 
 
 def encode(tokenizer, texts: Sequence[str]) -> List[np.ndarray]:
