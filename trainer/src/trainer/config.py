@@ -76,7 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a financial-sentiment classifier (BERT via keras-hub, or a BiLSTM) on CSV splits "
         "with header `text,label` and labels negative|neutral|positive. Writes model.keras, vocab.txt, "
         "labels.json and (last) metrics.json to --output-dir.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", choices=("bert", "lstm"), required=True,
                    help="bert: keras-hub BertBackbone + classification head; lstm: BiLSTM over WordPiece ids.")
@@ -97,35 +96,35 @@ def build_parser() -> argparse.ArgumentParser:
                    f"gs:// dir, or a Hugging Face hub id (hf://org/name or org/name). bert default: "
                    f"{DEFAULT_PRETRAINED}. lstm: if given, its vocab.txt is used; otherwise a WordPiece vocab "
                    "is trained on the training split.")
-    p.add_argument("--epochs", type=int, default=4, help="Maximum number of epochs.")
-    p.add_argument("--batch-size", type=int, default=32, help="Batch size (fixed for every padded length).")
+    p.add_argument("--epochs", type=int, default=4, help="Maximum number of epochs. (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="Batch size (fixed for every padded length). (default: %(default)s)")
     p.add_argument("--learning-rate", type=float, default=None,
                    help=f"Peak learning rate. Default: {DEFAULT_LR['bert']} (bert), {DEFAULT_LR['lstm']} (lstm).")
     p.add_argument("--max-seq-len", type=int, default=128,
                    help="Truncate to this many WordPiece tokens; batches are padded to one of a few fixed "
-                   "lengths up to this (32/64/96/128...).")
-    p.add_argument("--seed", type=int, default=42, help="Random seed (weights init, shuffling, dropout).")
+                   "lengths up to this (32/64/96/128...). (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=42, help="Random seed (weights init, shuffling, dropout). (default: %(default)s)")
     p.add_argument("--patience", type=int, default=2,
                    help="Early stopping: epochs without a validation macro-F1 gain before stopping; "
-                   "best weights are restored.")
+                   "best weights are restored. (default: %(default)s)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto: mixed_bfloat16 on bf16-capable GPUs, mixed_float16 on older GPUs, float32 on CPU.")
+                   help="auto: mixed_bfloat16 on bf16-capable GPUs, mixed_float16 on older GPUs, float32 on CPU. (default: %(default)s)")
     p.add_argument("--warmup-ratio", type=float, default=0.1,
-                   help="Fraction of training steps of linear learning-rate warm-up (then cosine decay to 0).")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on biases/norms).")
+                   help="Fraction of training steps of linear learning-rate warm-up (then cosine decay to 0). (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on biases/norms). (default: %(default)s)")
     p.add_argument("--dropout", type=float, default=None,
                    help=f"Dropout before the classification layer (lstm: also on the embeddings). Default: "
                    f"{DEFAULT_DROPOUT['bert']} (bert), {DEFAULT_DROPOUT['lstm']} (lstm).")
     p.add_argument("--pooling", choices=("cls", "mean"), default="cls",
                    help="bert: sentence vector for the classifier: the pre-trained [CLS] pooler, or the masked "
-                   "mean of the token vectors (better for sentence-embedding checkpoints such as all-MiniLM).")
+                   "mean of the token vectors (better for sentence-embedding checkpoints such as all-MiniLM). (default: %(default)s)")
     p.add_argument("--lstm-vocab-size", type=int, default=4000,
-                   help="lstm without --pretrained: size of the WordPiece vocab trained on the training split.")
-    p.add_argument("--lstm-embedding-dim", type=int, default=64, help="lstm: embedding size.")
-    p.add_argument("--lstm-units", type=int, default=64, help="lstm: units per LSTM direction.")
+                   help="lstm without --pretrained: size of the WordPiece vocab trained on the training split. (default: %(default)s)")
+    p.add_argument("--lstm-embedding-dim", type=int, default=64, help="lstm: embedding size. (default: %(default)s)")
+    p.add_argument("--lstm-units", type=int, default=64, help="lstm: units per LSTM direction. (default: %(default)s)")
     p.add_argument("--wandb-project", default="finsent",
                    help="wandb project (key only from $WANDB_API_KEY; without it wandb runs offline). "
-                   "Empty string disables wandb.")
+                   "Empty string disables wandb. (default: %(default)s)")
     p.add_argument("--wandb-run-name", default=None, help="wandb run name.")
     p.add_argument("--wandb-tags", default="", help="Comma-separated wandb tags.")
     # Test hook: stop the process (as if killed) right after this many finished epochs, checkpoint written.
