@@ -100,10 +100,10 @@ def main() -> None:
     p.add_argument("--models", default="lstm,bert")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--lstm-epochs", type=int, default=10)
-    p.add_argument("--bert-epochs", type=int, default=6)
-    p.add_argument("--bert-lr", type=float, default=1e-4)
+    p.add_argument("--bert-epochs", type=int, default=5)
+    p.add_argument("--bert-lr", type=float, default=5e-5)
     p.add_argument("--bert-pooling", default="mean")
-    p.add_argument("--bert-batch-size", type=int, default=32)
+    p.add_argument("--bert-batch-size", type=int, default=16)
     args = p.parse_args()
     rows = load_phrasebank()
     result = {"dataset": "FinancialPhraseBank-v1.0 Sentences_50Agree", "sentences": len(rows), "seed": args.seed,
