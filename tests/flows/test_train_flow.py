@@ -48,8 +48,9 @@ def test_trains_both_models_reports_and_skips_an_unchanged_rerun(flow_config, ve
         assert 0.0 <= row["test_macro_f1"] <= 1.0 and row["epochs"] == 1
     assert result["bytes_uploaded"] > 0
     assert _creates(vertex_admin) == 2, "exactly one Vertex job per model"
-    jobs = vertex_admin.jobs()
-    assert {job["labels"]["finsent-model"] for job in jobs} == {"bert", "lstm"}
+    run_label = str(state.state_details.flow_run_id)
+    jobs = [job for job in vertex_admin.jobs() if job.get("labels", {}).get("finsent-run") == run_label]
+    assert sorted(job["labels"]["finsent-model"] for job in jobs) == ["bert", "lstm"]
     assert all(job["state"] == "JOB_STATE_SUCCEEDED" for job in jobs)
 
     assert {"finsent-metrics", "finsent-confusion-bert", "finsent-confusion-lstm", "finsent-summary"} <= (

@@ -34,7 +34,7 @@ serve(train.to_deployment(name=sys.argv[2], parameters={"config": json.loads(sys
 
 
 def _run_jobs(admin, run_key):
-    return [j for j in admin.jobs() if j["labels"].get(vertex.LABEL_RUN) == vertex.label_value(run_key)]
+    return [j for j in admin.jobs() if j.get("labels", {}).get(vertex.LABEL_RUN) == vertex.label_value(run_key)]
 
 
 def _creates(admin):

@@ -172,7 +172,7 @@ def test_secret_scan(mode, rel_config, vertex_admin, gcs_bucket, monkeypatch, ca
     assert state.is_completed(), state.message
     captured = capfd.readouterr()
 
-    jobs = [j for j in vertex_admin.jobs() if j["labels"].get(vertex.LABEL_RUN) == run_key]
+    jobs = [j for j in vertex_admin.jobs() if j.get("labels", {}).get(vertex.LABEL_RUN) == run_key]
     assert len(jobs) == 1 and len(_creates(vertex_admin)) == 1
     job = jobs[0]
     pool = job["jobSpec"]["workerPoolSpecs"][0]["pythonPackageSpec"]
@@ -240,7 +240,7 @@ def test_twenty_concurrent_flow_runs_have_isolated_outputs(rel_config, quota_emu
     jobs = vertex_admin.jobs()
     by_run = {}
     for job in jobs:
-        by_run.setdefault(job["labels"][vertex.LABEL_RUN], []).append(job)
+        by_run.setdefault(job.get("labels", {}).get(vertex.LABEL_RUN), []).append(job)
     assert sorted(by_run) == keys and all(len(v) == 1 for v in by_run.values()), "exactly one job per run"
     assert len(_creates(vertex_admin)) == N_CONCURRENT and all(r["status"] == 200 for r in _creates(vertex_admin))
     outputs = {j["jobSpec"]["baseOutputDirectory"]["outputUriPrefix"] for j in jobs}

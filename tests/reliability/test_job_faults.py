@@ -50,7 +50,7 @@ def _by_method(admin, method):
 
 
 def _run_jobs(admin, run_key):
-    return [j for j in admin.jobs() if j["labels"].get(vertex.LABEL_RUN) == vertex.label_value(run_key)]
+    return [j for j in admin.jobs() if j.get("labels", {}).get(vertex.LABEL_RUN) == vertex.label_value(run_key)]
 
 
 def test_503_and_429_bursts_on_create_get_and_list_make_exactly_one_job(vertex_emulator, vertex_admin, staged):
