@@ -47,7 +47,7 @@ def _wandb_env(cfg: PipelineConfig) -> dict[str, str]:
     return {"WANDB_API_KEY": Secret.load(cfg.wandb.api_key_secret_block).get()}
 
 
-@task(name="train-model")
+@task(name="train-model", task_run_name="train-{model}")
 def train_model(
     cfg: PipelineConfig, model: str, *, package_uri: str, data_uri: str, run_key: str, env: dict[str, str]
 ) -> vertex.JobOutcome:

@@ -279,13 +279,19 @@ def wait_for_job(
     *,
     timeout_seconds: float,
     on_update: Callable[[aiplatform_v1.CustomJob, float], None] = lambda job, elapsed: None,
+    heartbeat_seconds: float = 300.0,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> aiplatform_v1.CustomJob:
-    """Poll until the job ends; transient errors (429, 5xx, resets) only lengthen the wait, never end it."""
+    """Poll until the job ends; transient errors (429, 5xx, resets) only lengthen the wait, never end it.
+
+    `on_update` hears every state change, and the current state again every `heartbeat_seconds`, so a long
+    RUNNING phase still shows progress (elapsed time) in the Prefect UI.
+    """
     started = clock()
     delay: float | None = None
     last_state = None
+    last_report = started
     while True:
         elapsed = clock() - started
         try:
@@ -293,8 +299,8 @@ def wait_for_job(
         except TRANSIENT_ERRORS:
             job = None
         if job is not None:
-            if job.state != last_state:
-                last_state = job.state
+            if job.state != last_state or clock() - last_report >= heartbeat_seconds:
+                last_state, last_report = job.state, clock()
                 on_update(job, elapsed)
             if job.state in TERMINAL_STATES:
                 return job
