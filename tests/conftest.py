@@ -66,6 +66,19 @@ def gcs_bucket(gcs_emulator):
 # ---- end emulators ---------------------------------------------------------------------------------------------
 
 
+# ---- Prefect (owner: flow) -------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real Prefect server (subprocess, temporary SQLite database) for the session; yields its API URL, which
+    subprocesses (flow processes, deployment runners) need in PREFECT_API_URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield PREFECT_API_URL.value()
+# ---- end Prefect -----------------------------------------------------------------------------------------------
+
+
 # ---- shared builders (owner: flow) -----------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):

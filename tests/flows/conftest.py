@@ -12,14 +12,6 @@ from tests.sample_data import KAGGLE_CSV, write_phrasebank_sample
 
 
 @pytest.fixture(scope="session")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
-
-
-@pytest.fixture(scope="session")
 def sentiment_csv(tmp_path_factory) -> Path:
     """600 real Financial PhraseBank sentences, 200 per class, as `text,label`."""
     if not KAGGLE_CSV.exists():

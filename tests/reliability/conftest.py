@@ -17,16 +17,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def prefect_server():
-    """A real Prefect server (subprocess, temp database). `api_url` is what subprocess flows and servers use."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield PREFECT_API_URL.value()
-
-
-@pytest.fixture(scope="session")
 def small_csv(tmp_path_factory) -> Path:
     """150 real Financial PhraseBank sentences (50 per class) as `text,label`."""
     if not KAGGLE_CSV.exists():

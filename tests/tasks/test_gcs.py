@@ -71,15 +71,9 @@ class TestCredentials:
         with pytest.raises(ConfigError, match=r"no GCP credentials: run `gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS"):
             gcs.storage_client(PipelineConfig(project="p", bucket="some-bucket"))
 
-    def test_missing_credentials_block(self, monkeypatch):
-        import prefect_gcp
-
+    def test_missing_credentials_block(self, monkeypatch, prefect_server):
+        """The block is looked up on a real Prefect server, where none of that name exists."""
         monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
-
-        def load(name, *args, **kwargs):
-            raise ValueError(f"Unable to find block document named {name} for block type gcp-credentials")
-
-        monkeypatch.setattr(prefect_gcp.GcpCredentials, "load", load)
         with pytest.raises(ConfigError, match=r"no GcpCredentials block named 'prod-sa'"):
             gcs.storage_client(PipelineConfig(project="p", bucket="some-bucket", gcp_credentials_block="prod-sa"))
 
