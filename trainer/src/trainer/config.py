@@ -44,6 +44,7 @@ class TrainConfig:
     lstm_vocab_size: int
     lstm_embedding_dim: int
     lstm_units: int
+    lstm_pooling: str
     wandb_project: Optional[str]
     wandb_run_name: Optional[str]
     wandb_tags: List[str]
@@ -58,7 +59,7 @@ class TrainConfig:
         if self.model == "bert":
             keys += ["pooling"]
         if self.model == "lstm":
-            keys += ["lstm_vocab_size", "lstm_embedding_dim", "lstm_units"]
+            keys += ["lstm_vocab_size", "lstm_embedding_dim", "lstm_units", "lstm_pooling"]
         return {k: getattr(self, k) for k in keys}
 
 
@@ -122,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lstm without --pretrained: size of the WordPiece vocab trained on the training split. (default: %(default)s)")
     p.add_argument("--lstm-embedding-dim", type=int, default=64, help="lstm: embedding size. (default: %(default)s)")
     p.add_argument("--lstm-units", type=int, default=64, help="lstm: units per LSTM direction. (default: %(default)s)")
+    p.add_argument("--lstm-pooling", choices=("mean", "mean_max"), default="mean_max",
+                   help="lstm: masked mean of the BiLSTM outputs, or mean and max concatenated. (default: %(default)s)")
     p.add_argument("--wandb-project", default="finsent",
                    help="wandb project (key only from $WANDB_API_KEY; without it wandb runs offline). "
                    "Empty string disables wandb. (default: %(default)s)")
@@ -176,6 +179,7 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> TrainConfig:
         lstm_vocab_size=args.lstm_vocab_size,
         lstm_embedding_dim=args.lstm_embedding_dim,
         lstm_units=args.lstm_units,
+        lstm_pooling=args.lstm_pooling,
         wandb_project=args.wandb_project or None,
         wandb_run_name=args.wandb_run_name,
         wandb_tags=[t.strip() for t in args.wandb_tags.split(",") if t.strip()],

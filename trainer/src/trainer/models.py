@@ -78,14 +78,22 @@ def normalize_bert_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
     return out_dir
 
 
-def build_lstm(vocab_size: int, num_classes: int, embedding_dim: int, units: int, dropout: float) -> keras.Model:
-    """Embedding (id 0 = [PAD] masked) -> BiLSTM -> masked mean pooling -> dense logits."""
+def build_lstm(vocab_size: int, num_classes: int, embedding_dim: int, units: int, dropout: float,
+               pooling: str = "mean_max") -> keras.Model:
+    """Embedding (id 0 = [PAD] masked) -> BiLSTM -> masked mean pooling (pooling="mean_max": concatenated with
+    masked max pooling) -> dense logits."""
     token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     x = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name="embedding")(token_ids)
     x = keras.layers.SpatialDropout1D(dropout, name="embedding_dropout")(x)
     x = keras.layers.Bidirectional(keras.layers.LSTM(units, return_sequences=True), name="bilstm")(x)
     # Mean over the real (unmasked) time steps; GlobalMaxPooling1D would ignore the mask.
-    x = keras.layers.GlobalAveragePooling1D(name="mean_pool")(x)
-    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    pooled = keras.layers.GlobalAveragePooling1D(name="mean_pool")(x)
+    if pooling == "mean_max":
+        # Masked max: the BiLSTM outputs lie in (-1, 1) and are 0 on [PAD] steps, so shifting the [PAD] steps
+        # to -2 keeps them out of the max (result independent of the padded length).
+        pad = keras.ops.expand_dims(keras.ops.cast(keras.ops.equal(token_ids, 0), x.dtype), -1)
+        max_pooled = keras.layers.GlobalMaxPooling1D(name="max_pool")(x - 2.0 * pad)
+        pooled = keras.layers.Concatenate(name="mean_max_pool")([pooled, max_pooled])
+    x = keras.layers.Dropout(dropout, name="dropout")(pooled)
     logits = keras.layers.Dense(num_classes, name="logits", dtype="float32")(x)
     return keras.Model({"token_ids": token_ids}, logits, name="bilstm_classifier")

@@ -176,7 +176,7 @@ def _run(cfg: TrainConfig, splits: dict, work_dir: str) -> dict:
         if pad_id != 0:
             raise CheckpointError(f"vocab {vocab_path}: [PAD] must have id 0 for the lstm's masking, got {pad_id}")
         model = build_lstm(tokenizer.get_vocab_size(), len(LABELS), cfg.lstm_embedding_dim, cfg.lstm_units,
-                           cfg.dropout)
+                           cfg.dropout, pooling=cfg.lstm_pooling)
     log.info("model %s: %d parameters", model.name, model.count_params())
 
     hyper = dict(cfg.hyperparameters(), precision=precision, buckets=list(buckets),
