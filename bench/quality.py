@@ -5,6 +5,9 @@ Seeded stratified 80/20 train/test split, 10% of train (stratified) as validatio
 Prints one JSON document.
 
     KERAS_BACKEND=jax .venv/bin/python bench/quality.py [--models lstm,bert] [--bert-epochs 5]
+        [--lstm-extra "--lstm-pooling mean_max"] [--bert-extra "--warmup-ratio 0.1"]
+
+`--lstm-extra` / `--bert-extra` are appended to that model's trainer command line (a later flag wins in argparse).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -104,6 +108,8 @@ def main() -> None:
     p.add_argument("--bert-lr", type=float, default=5e-5)
     p.add_argument("--bert-pooling", default="mean")
     p.add_argument("--bert-batch-size", type=int, default=16)
+    p.add_argument("--lstm-extra", default="", help="extra trainer flags for the lstm run")
+    p.add_argument("--bert-extra", default="", help="extra trainer flags for the bert run")
     args = p.parse_args()
     rows = load_phrasebank()
     result = {"dataset": "FinancialPhraseBank-v1.0 Sentences_50Agree", "sentences": len(rows), "seed": args.seed,
@@ -114,11 +120,11 @@ def main() -> None:
         for model in args.models.split(","):
             if model == "lstm":
                 extra = ["--epochs", str(args.lstm_epochs), "--patience", "3", "--batch-size", "32",
-                         "--seed", str(args.seed)]
+                         "--seed", str(args.seed), *shlex.split(args.lstm_extra)]
             else:
                 extra = ["--pretrained", minilm_dir(), "--epochs", str(args.bert_epochs), "--patience", "3",
                          "--batch-size", str(args.bert_batch_size), "--learning-rate", str(args.bert_lr), "--pooling", args.bert_pooling,
-                         "--seed", str(args.seed)]
+                         "--seed", str(args.seed), *shlex.split(args.bert_extra)]
             result["runs"][model] = run_trainer(model, paths, Path(tmp) / f"out_{model}", extra)
             print(json.dumps({model: result["runs"][model]}), file=sys.stderr, flush=True)
     print(json.dumps(result, indent=1))
