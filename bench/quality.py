@@ -4,7 +4,7 @@ Seeded stratified 80/20 train/test split, 10% of train (stratified) as validatio
 `python -m trainer.task` in a subprocess; the wall time (process start to metrics.json) is measured around it.
 Prints one JSON document.
 
-    KERAS_BACKEND=jax .venv/bin/python bench/quality.py [--models lstm,bert] [--bert-epochs 5]
+    KERAS_BACKEND=jax .venv/bin/python bench/quality.py [--models lstm,bert] [--bert-epochs 6]
         [--lstm-extra "--lstm-pooling mean_max"] [--bert-extra "--warmup-ratio 0.1"]
 
 `--lstm-extra` / `--bert-extra` are appended to that model's trainer command line (a later flag wins in argparse).
@@ -104,8 +104,8 @@ def main() -> None:
     p.add_argument("--models", default="lstm,bert")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--lstm-epochs", type=int, default=10)
-    p.add_argument("--bert-epochs", type=int, default=5)
-    p.add_argument("--bert-lr", type=float, default=5e-5)
+    p.add_argument("--bert-epochs", type=int, default=6)
+    p.add_argument("--bert-lr", type=float, default=1e-4)
     p.add_argument("--bert-pooling", default="mean")
     p.add_argument("--bert-batch-size", type=int, default=16)
     p.add_argument("--lstm-extra", default="", help="extra trainer flags for the lstm run")
