@@ -42,8 +42,6 @@ __all__ = [
     "parse_gs_uri",
     "read_json",
     "read_json_versioned",
-    "read_json_with_generation",
-    "PreconditionFailed",
     "storage_client",
     "storage_client_from_env",
     "upload_dataset",
@@ -63,7 +61,6 @@ class GenerationMismatchError(StorageError):
     """A conditional write lost: the object changed (or appeared) since it was read."""
 
 
-PreconditionFailed = GenerationMismatchError  # the name tasks/report.py catches
 
 
 # --- clients ----------------------------------------------------------------------------------------------------
@@ -174,7 +171,6 @@ def read_json_versioned(client: storage.Client, uri: str) -> tuple[dict | None, 
         raise StorageError(f"{uri} is not valid JSON: delete or fix it") from None
 
 
-read_json_with_generation = read_json_versioned
 
 
 def read_json(client: storage.Client, uri: str) -> dict | None:

@@ -86,7 +86,7 @@ def links_markdown(cfg: PipelineConfig, outcomes: dict[str, JobOutcome], metrics
 # --- I/O ----------------------------------------------------------------------------------------------------------
 def read_champion(client, cfg: PipelineConfig) -> tuple[dict | None, int]:
     """The champion record and its object generation (0 when there is none)."""
-    return gcs.read_json_with_generation(client, f"{cfg.base_uri}/{CHAMPION_FILE}")
+    return gcs.read_json_versioned(client, f"{cfg.base_uri}/{CHAMPION_FILE}")
 
 
 def promote_if_better(client, cfg: PipelineConfig, record: dict) -> tuple[bool, dict | None]:
@@ -99,7 +99,7 @@ def promote_if_better(client, cfg: PipelineConfig, record: dict) -> tuple[bool, 
         try:
             gcs.write_json(client, uri, record, if_generation_match=generation)
             return True, champion
-        except gcs.PreconditionFailed:
+        except gcs.GenerationMismatchError:
             continue  # another run promoted meanwhile: compare against the new champion
     raise StorageError(f"could not update {uri}: it kept changing under us; run again")
 

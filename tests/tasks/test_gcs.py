@@ -180,9 +180,9 @@ class TestJsonAndDownload:
     def test_compare_and_swap(self, client, gcs_bucket):
         uri = f"gs://{gcs_bucket}/champion.json"
         generation = gcs.write_json(client, uri, {"model": "bert", "macro_f1": 0.8}, if_generation_match=0)
-        with pytest.raises(gcs.PreconditionFailed, match=r"champion.json changed while being updated"):
+        with pytest.raises(gcs.GenerationMismatchError, match=r"champion.json changed while being updated"):
             gcs.write_json(client, uri, {"model": "lstm"}, if_generation_match=0)
-        doc, seen = gcs.read_json_with_generation(client, uri)
+        doc, seen = gcs.read_json_versioned(client, uri)
         assert doc == {"model": "bert", "macro_f1": 0.8} and seen == generation
         gcs.write_json(client, uri, {"model": "lstm"}, if_generation_match=seen)
         with pytest.raises(gcs.GenerationMismatchError):
