@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import zipfile
 from pathlib import Path
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -22,3 +24,12 @@ def write_phrasebank_sample(out: Path, per_class: int) -> Path:
         for label, texts in rows.items():
             writer.writerows((text, label) for text in texts)
     return out
+
+
+def make_zip(members: dict[str, bytes]) -> bytes:
+    """A zip archive (bytes) holding `members`: name -> content."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()

@@ -10,7 +10,6 @@ import re
 import tarfile
 import time
 import uuid
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import anyio
@@ -24,6 +23,7 @@ from tasks import vertex
 from tasks.config import parse_config
 from tasks.errors import ConfigError, DataError
 from tests.reliability.conftest import lstm_config
+from tests.sample_data import make_zip
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -37,21 +37,13 @@ def _blobs(bucket):
 
 
 # --- bad input ----------------------------------------------------------------------------------------------------
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 _PB = "".join(f"Sentence number {i} about {lab} news@{lab}\r\n" for i in range(30)
               for lab in ("negative", "neutral", "positive"))
 BAD_DATA = {
     "undecodable": ("in.txt", random.Random(7).randbytes(4096), DataError, r"cannot decode .* as text"),
     "html-instead-of-zip": ("in.zip", b"<!DOCTYPE html><html><body>Access denied</body></html>", DataError,
                             r"returned an HTML page, not a zip or CSV"),
-    "zip-without-member": ("in.zip", _zip({"FinancialPhraseBank-v1.0/Sentences_AllAgree.txt": _PB.encode()}),
+    "zip-without-member": ("in.zip", make_zip({"FinancialPhraseBank-v1.0/Sentences_AllAgree.txt": _PB.encode()}),
                            DataError, r"has no member 'Sentences_50Agree.txt'"),
     "empty-file": ("in.txt", b"", DataError, r"is empty \(0 bytes\)"),
     "unknown-labels": ("in.txt", (_PB + "Shares soared@bullish\r\n").encode(), DataError, r"unknown labels 'bullish'"),

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import http.server
-import io
 import threading
-import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.sample_data import make_zip  # noqa: F401  (test_dataset imports it from here)
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -23,14 +23,6 @@ def phrasebank_text(per_class: int = 10, labels: tuple[str, ...] = ("negative", 
         for label in labels
         for i in range(per_class)
     )
-
-
-def make_zip(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def phrasebank_zip(text: str | None = None, member: str = "FinancialPhraseBank-v1.0/Sentences_50Agree.txt") -> bytes:
