@@ -115,7 +115,7 @@ def train(config: PipelineConfig, force: bool = False, run_key: str | None = Non
 
     # Pre-flight: credentials and bucket, before any download, build or upload.
     storage = gcs.storage_client(cfg)
-    gcs.check_bucket(storage, cfg.bucket)
+    gcs.check_bucket(storage, cfg.bucket, region=cfg.region)
     env = _wandb_env(cfg)
 
     work_dir = Path(tempfile.mkdtemp(prefix="finsent-"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as gexc
@@ -34,10 +34,7 @@ __all__ = [
     "ObjectNotFoundError",
     "UploadedInputs",
     "check_bucket",
-    "check_storage",
     "download_bytes",
-    "download_outputs",
-    "download_prefix",
     "exists",
     "parse_gs_uri",
     "read_json",
@@ -222,30 +219,6 @@ def upload_if_absent(client: storage.Client, local: Path, uri: str) -> bool:
     return True
 
 
-def download_prefix(client: storage.Client, uri: str, local_dir: Path) -> list[Path]:
-    """Copy every object under the gs:// folder `uri` into `local_dir`, keeping relative paths."""
-    bucket, prefix = parse_gs_uri(uri)
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
-    local_dir = Path(local_dir)
-    written = []
-    try:
-        for blob in client.list_blobs(bucket, prefix=prefix):
-            relative = PurePosixPath(blob.name[len(prefix) :])
-            if not relative.parts or blob.name.endswith("/"):
-                continue  # "folder" placeholder objects
-            if ".." in relative.parts or relative.is_absolute():
-                raise StorageError(f"refusing to download gs://{bucket}/{blob.name}: its name leaves {local_dir}")
-            target = local_dir.joinpath(*relative.parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            blob.download_to_filename(str(target))
-            written.append(target)
-    except _TRANSIENT:
-        raise
-    except gexc.GoogleAPICallError as exc:
-        raise _storage_error(exc, uri, "download") from None
-    return written
-
-
 # --- content-addressed inputs -----------------------------------------------------------------------------------
 def dataset_uri(base_uri: str, fingerprint: str) -> str:
     return f"{base_uri.rstrip('/')}/data/{fingerprint}"
@@ -313,12 +286,6 @@ class UploadedInputs:
         return f"{self.data_uri}/{split}.csv"
 
 
-@task(name="check-storage", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
-def check_storage(cfg: PipelineConfig) -> None:
-    """Fail fast on missing credentials or a missing bucket, before anything is built or uploaded."""
-    check_bucket(storage_client(cfg), cfg.bucket, region=cfg.region)
-
-
 @task(name="upload-inputs", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
 def upload_inputs(cfg: PipelineConfig, prepared: PreparedDataset, package: TrainerPackage) -> UploadedInputs:
     """Upload data set and trainer sdist to their content-addressed paths; unchanged inputs upload 0 bytes."""
@@ -329,9 +296,3 @@ def upload_inputs(cfg: PipelineConfig, prepared: PreparedDataset, package: Train
         "Uploaded %d bytes (unchanged inputs are skipped): data %s, package %s", data_bytes + pkg_bytes, data_uri, pkg_uri
     )
     return UploadedInputs(data_uri, pkg_uri, data_bytes, pkg_bytes)
-
-
-@task(name="download-outputs", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
-def download_outputs(cfg: PipelineConfig, uri: str, local_dir: Path) -> list[Path]:
-    """Copy a job's output folder (model, metrics.json) from the bucket to `local_dir`."""
-    return download_prefix(storage_client(cfg), uri, Path(local_dir))

@@ -90,12 +90,6 @@ class TestBucket:
         ):
             gcs.check_bucket(client, "finsent-nope", region="europe-west4")
 
-    def test_check_storage_task(self, gcs_emulator, gcs_bucket, monkeypatch):
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.endpoint)
-        gcs.check_storage.fn(PipelineConfig(project="p", bucket=gcs_bucket))
-        with pytest.raises(ConfigError, match=r"bucket gs://finsent-missing does not exist"):
-            gcs.check_storage.fn(PipelineConfig(project="p", bucket="finsent-missing"))
-
 
 class TestUploads:
     def test_upload_if_absent(self, client, gcs_bucket, tmp_path):
@@ -193,15 +187,6 @@ class TestJsonAndDownload:
         client.bucket(gcs_bucket).blob("bad.json").upload_from_string(b"{nope")
         with pytest.raises(StorageError, match=r"is not valid JSON"):
             gcs.read_json(client, f"gs://{gcs_bucket}/bad.json")
-
-    def test_download_prefix(self, client, gcs_bucket, prepared, tmp_path):
-        folder, _ = gcs.upload_dataset(client, prepared, f"gs://{gcs_bucket}/d")
-        client.bucket(gcs_bucket).blob("d/data/other-folder-sibling.txt").upload_from_string(b"x")
-        got = gcs.download_prefix(client, folder, tmp_path / "down")
-        assert sorted(p.name for p in got) == ["manifest.json", "test.csv", "train.csv", "validation.csv"]
-        for path in got:
-            assert path.read_bytes() == (prepared.directory / path.name).read_bytes()
-        assert json.loads((tmp_path / "down" / "manifest.json").read_text())["fingerprint"] == prepared.fingerprint
 
 
 @pytest.mark.parametrize(
