@@ -4,7 +4,6 @@ import csv
 import json
 import random
 import zipfile
-from pathlib import Path
 
 import pytest
 
