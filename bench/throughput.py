@@ -125,9 +125,12 @@ def _torch_worker(cfg: dict, batch: int, seq: int, steps: int, warmup: int, comp
 def _run_worker(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--_worker", name, "--batch-size", str(args.batch_size), "--seq-len",
            str(args.seq_len), "--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--small"] if args.small else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:  # report it and go on to the next contender
+        return {"error": f"timed out after {args.timeout} s"}
     if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300], "stderr_tail": proc.stderr[-1500:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -139,7 +142,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="timed steps; default 50 (BERT-base) / 10 (--small)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation included)")
     p.add_argument("--only", default="keras_jax,torch_eager,torch_compile")
-    p.add_argument("--timeout", type=int, default=900)
+    p.add_argument("--timeout", type=int, default=900, help="seconds per contender (its subprocess)")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     args.batch_size = args.batch_size or (16 if args.small else 256)

@@ -36,3 +36,21 @@ def test_normalized_names_load_to_the_same_weights(tiny_bert, tmp_path):
     b = keras_hub.models.BertBackbone.from_preset(out)
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(wa, wb)
+
+
+def test_checkpoint_with_a_given_vocab(tiny_bert, tmp_path):
+    """vocab_file= copies an existing vocab and sizes the embeddings by it (bench/make_bert_checkpoint.py)."""
+    import json
+
+    from safetensors.numpy import load_file
+    from trainer_testkit import build_tiny_bert_checkpoint
+
+    vocab = (tiny_bert / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    given = tmp_path / "given_vocab.txt"
+    given.write_text("\n".join(vocab + ["[extra1]", "[extra2]"]) + "\n", encoding="utf-8")
+    out = build_tiny_bert_checkpoint(tmp_path / "ckpt", hidden=16, layers=1, heads=2, intermediate=32,
+                                     vocab_file=given)
+    assert (out / "vocab.txt").read_text(encoding="utf-8") == given.read_text(encoding="utf-8")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["vocab_size"] == len(vocab) + 2 and cfg["hidden_size"] == 16
+    assert load_file(str(out / "model.safetensors"))["embeddings.word_embeddings.weight"].shape == (len(vocab) + 2, 16)

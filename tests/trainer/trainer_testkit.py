@@ -52,18 +52,30 @@ def write_csv(path: Path, rows) -> Path:
 
 
 def build_tiny_bert_checkpoint(out: Path, hidden: int = 32, layers: int = 2, heads: int = 2,
-                               intermediate: int = 64, max_pos: int = 128) -> Path:
-    """HF BertModel-format checkpoint with random weights: config.json, model.safetensors, vocab.txt."""
+                               intermediate: int = 64, max_pos: int = 128, vocab_file=None) -> Path:
+    """HF BertModel-format checkpoint with random weights: config.json, model.safetensors, vocab.txt.
+
+    vocab_file: an existing WordPiece vocab.txt to copy (its line count sets vocab_size); default: a 400-token
+    vocab trained on `make_sentences`. With BERT-base sizes (768/12/12/3072/512) this makes a random-init
+    BERT-base (bench/make_bert_checkpoint.py)."""
+    import shutil
+
     from safetensors.numpy import save_file
     from tokenizers import BertWordPieceTokenizer
 
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tok = BertWordPieceTokenizer(lowercase=True)
-    texts = [t for t, _ in make_sentences(300, 7)]
-    tok.train_from_iterator(texts, vocab_size=400, min_frequency=1,
-                            special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False)
-    tok.save_model(str(out))
-    vocab_size = tok.get_vocab_size()
+    if vocab_file is not None:
+        shutil.copyfile(vocab_file, out / "vocab.txt")
+        with open(out / "vocab.txt", encoding="utf-8") as f:
+            vocab_size = sum(1 for _ in f)
+    else:
+        tok = BertWordPieceTokenizer(lowercase=True)
+        texts = [t for t, _ in make_sentences(300, 7)]
+        tok.train_from_iterator(texts, vocab_size=400, min_frequency=1,
+                                special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False)
+        tok.save_model(str(out))
+        vocab_size = tok.get_vocab_size()
     config = {
         "architectures": ["BertModel"], "model_type": "bert", "vocab_size": vocab_size, "hidden_size": hidden,
         "num_hidden_layers": layers, "num_attention_heads": heads, "intermediate_size": intermediate,
