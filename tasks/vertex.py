@@ -81,11 +81,16 @@ def trainer_args(model: str, params: TrainerParams, data_uri: str, wandb_project
         f"--seed={params.seed}",
         f"--patience={params.patience}",
         f"--precision={params.precision}",
+        f"--class-weights={params.class_weights}",
         f"--wandb-project={wandb_project}",
         f"--wandb-run-name={run_name}",
     ]
     if params.pretrained:
         args.append(f"--pretrained={params.pretrained}")
+    if model == "bert":
+        args.append(f"--pooling={params.pooling}")
+    else:
+        args.append(f"--lstm-embeddings={params.lstm_embeddings}")
     return args
 
 

@@ -26,6 +26,11 @@ BASE = {"project": "p", "bucket": "finsent-test"}
         ({"bucket": "Bad_Bucket!"}, r"not a valid GCS bucket name"),
         ({"models": []}, r"models: choose at least one"),
         ({"machine_typo": "x"}, r"machine_typo: Extra inputs are not permitted"),
+        (
+            {"params": {"bert": {}, "lstm": {"lstm_embeddings": "frozen"}}},
+            r"params.lstm: lstm_embeddings 'frozen' needs pretrained",
+        ),
+        ({"params": {"bert": {"class_weights": "inverse"}, "lstm": {}}}, r"params.bert.class_weights: Input should be"),
     ],
 )
 def test_bad_settings_fail_with_one_line(override, message):

@@ -56,8 +56,10 @@ def test_custom_job_spec_is_exactly_what_vertex_needs():
                             "--seed=42",
                             "--patience=2",
                             "--precision=auto",
+                            "--class-weights=balanced",
                             "--wandb-project=finsent",
                             "--wandb-run-name=finsent-lstm-r1-a1",
+                            "--lstm-embeddings=learned",
                         ],
                         "env": [
                             {"name": "WANDB_API_KEY_SECRET", "value": "projects/p/secrets/wandb/versions/1"},

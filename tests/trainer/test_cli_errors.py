@@ -54,6 +54,8 @@ class TestBadInput:
         (["--epochs", "0"], "--epochs must be >= 1"),
         (["--model", "gpt"], "invalid choice: 'gpt'"),
         (["--precision", "fp8"], "--precision"),
+        (["--lstm-embeddings", "frozen"], "--lstm-embeddings frozen needs --pretrained"),
+        (["--class-weights", "inverse"], "--class-weights"),
     ])
     def test_bad_flags(self, splits, tmp_path, extra, needle):
         proc = run_trainer(*base_args(splits, tmp_path / "out", "lstm"), *extra)
@@ -73,6 +75,6 @@ def test_help_documents_every_contract_flag():
     for flag in ("--model", "--train-data", "--validation-data", "--test-data", "--output-dir", "--checkpoint-dir",
                  "--tensorboard-dir", "--pretrained", "--epochs", "--batch-size", "--learning-rate",
                  "--max-seq-len", "--seed", "--patience", "--precision", "--wandb-project", "--wandb-run-name",
-                 "--wandb-tags"):
+                 "--wandb-tags", "--lstm-embeddings", "--class-weights"):
         assert flag in proc.stdout, flag
     assert "--stop-after-epochs" not in proc.stdout

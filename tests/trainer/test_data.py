@@ -81,9 +81,13 @@ class TestBucketing:
         assert order(1) != order(2)
 
 
-def test_balanced_class_weights():
-    w = D.balanced_class_weights(np.asarray([0, 1, 1, 1, 2, 2]))
-    np.testing.assert_allclose(w, [2.0, 2 / 3, 1.0], rtol=1e-6)
+def test_class_weights_schemes():
+    labels = np.asarray([0, 1, 1, 1, 2, 2])
+    np.testing.assert_allclose(D.class_weights(labels, "balanced"), [2.0, 2 / 3, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(D.class_weights(labels, "sqrt"), np.sqrt([2.0, 2 / 3, 1.0]), rtol=1e-6)
+    np.testing.assert_allclose(D.class_weights(labels, "none"), [1.0, 1.0, 1.0])
+    # a class missing from train gets weight 1 instead of a division by zero
+    np.testing.assert_allclose(D.class_weights(np.asarray([1, 1, 2]), "balanced"), [1.0, 0.75, 1.5], rtol=1e-6)
 
 
 def test_trained_vocab_puts_pad_first(tmp_path):

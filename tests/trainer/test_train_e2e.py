@@ -86,6 +86,27 @@ def test_lstm_learns_the_synthetic_task(splits, tmp_path):
     assert m["test"]["accuracy"] >= 0.8, m["test"]
 
 
+def test_lstm_on_frozen_pretrained_embeddings(splits, tiny_bert, tmp_path):
+    """--lstm-embeddings frozen: the checkpoint's vocab and token embeddings, unchanged by training."""
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "out"
+    proc = run_trainer(*base_args(splits, out, "lstm", "--epochs", "2", "--pretrained", str(tiny_bert),
+                                  "--lstm-embeddings", "frozen"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["hyperparameters"]["lstm_embeddings"] == "frozen"
+    assert (out / "vocab.txt").read_text() == (tiny_bert / "vocab.txt").read_text()
+
+    import keras
+
+    exported = keras.saving.load_model(str(out / "model.keras")).get_layer("embedding").get_weights()[0]
+    checkpoint = next(v for k, v in load_file(str(tiny_bert / "model.safetensors")).items()
+                      if k.endswith("word_embeddings.weight"))
+    np.testing.assert_array_equal(exported, checkpoint)
+    assert _reload_and_score(out, splits["test"]) == pytest.approx(m["test"]["accuracy"], abs=0.034)
+
+
 def test_resume_after_kill_trains_no_epoch_twice(splits, tmp_path):
     out, ck = tmp_path / "out", tmp_path / "ck"
     args = base_args(splits, out, "lstm", "--epochs", "3", "--patience", "5", "--checkpoint-dir", str(ck))

@@ -16,6 +16,8 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # Per-model learning-rate defaults (BERT fine-tuning vs. a from-scratch BiLSTM).
 DEFAULT_LR = {"bert": 3e-5, "lstm": 2e-3}
 DEFAULT_DROPOUT = {"bert": 0.1, "lstm": 0.5}
+LSTM_EMBEDDINGS = ("learned", "pretrained", "frozen")
+CLASS_WEIGHTS = ("balanced", "sqrt", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +47,8 @@ class TrainConfig:
     lstm_embedding_dim: int
     lstm_units: int
     lstm_pooling: str
+    lstm_embeddings: str
+    class_weights: str
     wandb_project: Optional[str]
     wandb_run_name: Optional[str]
     wandb_tags: List[str]
@@ -54,12 +58,12 @@ class TrainConfig:
         """The settings that shape the model and the optimisation (for metrics.json and wandb)."""
         keys = [
             "epochs", "batch_size", "learning_rate", "max_seq_len", "seed", "patience", "precision",
-            "warmup_ratio", "weight_decay", "dropout", "pretrained",
+            "warmup_ratio", "weight_decay", "dropout", "pretrained", "class_weights",
         ]
         if self.model == "bert":
             keys += ["pooling"]
         if self.model == "lstm":
-            keys += ["lstm_vocab_size", "lstm_embedding_dim", "lstm_units", "lstm_pooling"]
+            keys += ["lstm_vocab_size", "lstm_embedding_dim", "lstm_units", "lstm_pooling", "lstm_embeddings"]
         return {k: getattr(self, k) for k in keys}
 
 
@@ -125,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lstm-units", type=int, default=64, help="lstm: units per LSTM direction. (default: %(default)s)")
     p.add_argument("--lstm-pooling", choices=("mean", "mean_max"), default="mean_max",
                    help="lstm: masked mean of the BiLSTM outputs, or mean and max concatenated. (default: %(default)s)")
+    p.add_argument("--lstm-embeddings", choices=LSTM_EMBEDDINGS, default="learned",
+                   help="lstm: learned = embeddings trained from scratch; pretrained = initialised from the "
+                   "--pretrained checkpoint's token embeddings (its vocab and width) and fine-tuned; frozen = "
+                   "the checkpoint's token embeddings, not trained. (default: %(default)s)")
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default="balanced",
+                   help="Loss weight per class from the training split: balanced = n / (k * count) as "
+                   "sklearn's, sqrt = its square root (milder), none = 1. (default: %(default)s)")
     p.add_argument("--wandb-project", default="finsent",
                    help="wandb project (key only from $WANDB_API_KEY; without it wandb runs offline). "
                    "Empty string disables wandb. (default: %(default)s)")
@@ -156,6 +167,9 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> TrainConfig:
     pretrained = args.pretrained
     if pretrained is None and args.model == "bert":
         pretrained = DEFAULT_PRETRAINED
+    if args.model == "lstm" and args.lstm_embeddings != "learned" and not pretrained:
+        raise ConfigError(f"--lstm-embeddings {args.lstm_embeddings} needs --pretrained (the checkpoint whose "
+                          "token embeddings and vocab to use)")
     return TrainConfig(
         model=args.model,
         train_data=args.train_data,
@@ -180,6 +194,8 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> TrainConfig:
         lstm_embedding_dim=args.lstm_embedding_dim,
         lstm_units=args.lstm_units,
         lstm_pooling=args.lstm_pooling,
+        lstm_embeddings=args.lstm_embeddings,
+        class_weights=args.class_weights,
         wandb_project=args.wandb_project or None,
         wandb_run_name=args.wandb_run_name,
         wandb_tags=[t.strip() for t in args.wandb_tags.split(",") if t.strip()],

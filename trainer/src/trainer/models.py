@@ -12,6 +12,7 @@ import shutil
 from typing import Optional
 
 import keras
+import numpy as np
 
 from trainer.errors import CheckpointError
 
@@ -78,12 +79,36 @@ def normalize_bert_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
     return out_dir
 
 
+def pretrained_token_embeddings(checkpoint_dir: str, vocab_size: int) -> np.ndarray:
+    """The word-piece embedding matrix (vocab x hidden) of an HF BERT checkpoint, for initialising the BiLSTM's
+    embeddings: the FinBERT paper's LSTM baseline also starts from pre-trained word vectors (GloVe)."""
+    from safetensors import safe_open
+
+    path = os.path.join(checkpoint_dir, "model.safetensors")
+    with safe_open(path, framework="np") as f:
+        names = [k for k in f.keys() if k.endswith("embeddings.word_embeddings.weight")]
+        if not names:
+            raise CheckpointError(f"checkpoint {checkpoint_dir} has no embeddings.word_embeddings.weight")
+        matrix = f.get_tensor(names[0]).astype(np.float32)
+    if matrix.shape[0] != vocab_size:
+        raise CheckpointError(f"checkpoint {checkpoint_dir}: {matrix.shape[0]} embedding rows but vocab.txt has "
+                              f"{vocab_size} tokens")
+    return matrix
+
+
 def build_lstm(vocab_size: int, num_classes: int, embedding_dim: int, units: int, dropout: float,
-               pooling: str = "mean_max") -> keras.Model:
-    """Embedding (id 0 = [PAD] masked) -> BiLSTM -> masked mean pooling (pooling="mean_max": concatenated with
-    masked max pooling) -> dense logits."""
+               pooling: str = "mean_max", embeddings: Optional[np.ndarray] = None,
+               train_embeddings: bool = True) -> keras.Model:
+    """Embedding (id 0 = [PAD] masked; `embeddings` as initial values, their width overriding embedding_dim)
+    -> BiLSTM -> masked mean pooling (pooling="mean_max": concatenated with masked max pooling) -> dense logits."""
     token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-    x = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name="embedding")(token_ids)
+    if embeddings is not None:
+        embedding_dim = embeddings.shape[1]
+    embedding = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name="embedding")
+    x = embedding(token_ids)
+    if embeddings is not None:  # set after building: a Constant initializer would put the matrix in the config
+        embedding.set_weights([embeddings])
+    embedding.trainable = train_embeddings
     x = keras.layers.SpatialDropout1D(dropout, name="embedding_dropout")(x)
     x = keras.layers.Bidirectional(keras.layers.LSTM(units, return_sequences=True), name="bilstm")(x)
     # Mean over the real (unmasked) time steps; GlobalMaxPooling1D would ignore the mask.

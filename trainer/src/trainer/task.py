@@ -128,13 +128,14 @@ def run(cfg: TrainConfig) -> dict:
 def _run(cfg: TrainConfig, splits: dict, work_dir: str) -> dict:
     pretrained_dir = None
     if cfg.pretrained:
-        pretrained_dir = resolve_pretrained(cfg.pretrained, work_dir, need_weights=cfg.model == "bert")
+        pretrained_dir = resolve_pretrained(cfg.pretrained, work_dir,
+                                            need_weights=cfg.model == "bert" or cfg.lstm_embeddings != "learned")
 
     _default_backend()
     import keras
 
     from trainer import data as D
-    from trainer.models import build_bert, build_lstm
+    from trainer.models import build_bert, build_lstm, pretrained_token_embeddings
     from trainer.metrics import classification_report
     from trainer.tracking import Tracker
     from trainer.train import CheckpointStore, predict_logits, train_model
@@ -162,7 +163,7 @@ def _run(cfg: TrainConfig, splits: dict, work_dir: str) -> dict:
         store.put(vocab_path, "vocab.txt")
     pad_id = tokenizer.token_to_id("[PAD]")
     buckets = D.bucket_lengths(cfg.max_seq_len)
-    class_weights = D.balanced_class_weights(splits["train"].labels)
+    class_weights = D.class_weights(splits["train"].labels, cfg.class_weights)
     log.info("buckets %s, class weights %s", buckets, dict(zip(LABELS, class_weights.round(3).tolist())))
     batches = {
         name: D.BucketedBatches(D.encode(tokenizer, s.texts), s.labels, cfg.batch_size, buckets, cfg.model,
@@ -175,8 +176,12 @@ def _run(cfg: TrainConfig, splits: dict, work_dir: str) -> dict:
     else:
         if pad_id != 0:
             raise CheckpointError(f"vocab {vocab_path}: [PAD] must have id 0 for the lstm's masking, got {pad_id}")
+        embeddings = None
+        if cfg.lstm_embeddings != "learned":
+            embeddings = pretrained_token_embeddings(pretrained_dir, tokenizer.get_vocab_size())
         model = build_lstm(tokenizer.get_vocab_size(), len(LABELS), cfg.lstm_embedding_dim, cfg.lstm_units,
-                           cfg.dropout, pooling=cfg.lstm_pooling)
+                           cfg.dropout, pooling=cfg.lstm_pooling, embeddings=embeddings,
+                           train_embeddings=cfg.lstm_embeddings != "frozen")
     log.info("model %s: %d parameters", model.name, model.count_params())
 
     hyper = dict(cfg.hyperparameters(), precision=precision, buckets=list(buckets),
