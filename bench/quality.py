@@ -5,7 +5,7 @@ Seeded stratified 80/20 train/test split, 10% of train (stratified) as validatio
 Prints one JSON document.
 
     KERAS_BACKEND=jax .venv/bin/python bench/quality.py [--models lstm,bert] [--bert-epochs 6]
-        [--lstm-extra "--lstm-pooling mean_max"] [--bert-extra "--warmup-ratio 0.1"]
+        [--lstm-embeddings frozen] [--lstm-extra "--lstm-pooling mean"] [--bert-extra "--warmup-ratio 0.1"]
 
 `--lstm-extra` / `--bert-extra` are appended to that model's trainer command line (a later flag wins in argparse).
 """
@@ -103,7 +103,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--models", default="lstm,bert")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--lstm-epochs", type=int, default=10)
+    p.add_argument("--lstm-epochs", type=int, default=15)
+    p.add_argument("--lstm-embeddings", default="frozen", choices=("learned", "pretrained", "frozen"))
     p.add_argument("--bert-epochs", type=int, default=6)
     p.add_argument("--bert-lr", type=float, default=1e-4)
     p.add_argument("--bert-pooling", default="mean")
@@ -118,8 +119,10 @@ def main() -> None:
         paths = write_splits(rows, Path(tmp), seed=args.seed)
         result["sizes"] = {k: sum(1 for _ in open(v, encoding="utf-8")) - 1 for k, v in paths.items()}
         for model in args.models.split(","):
-            if model == "lstm":
-                extra = ["--epochs", str(args.lstm_epochs), "--patience", "3", "--batch-size", "32",
+            if model == "lstm":  # on MiniLM's frozen word-piece vectors (chosen on validation, docs/benchmarks.md)
+                vectors = [] if args.lstm_embeddings == "learned" else ["--pretrained", minilm_dir()]
+                extra = [*vectors, "--lstm-embeddings", args.lstm_embeddings, "--class-weights", "sqrt",
+                         "--epochs", str(args.lstm_epochs), "--patience", "4", "--batch-size", "32",
                          "--seed", str(args.seed), *shlex.split(args.lstm_extra)]
             else:
                 extra = ["--pretrained", minilm_dir(), "--epochs", str(args.bert_epochs), "--patience", "3",
