@@ -2,9 +2,9 @@
 
 Steps: copy the sources without caches, build outputs or secret files into a temporary folder; pin
 `tensorflow-text` to the executor image's TensorFlow minor in the copy's requirements.txt (keras-hub asks for it
-unpinned, which would upgrade the image's TensorFlow); build the sdist with the `build` API and
-SOURCE_DATE_EPOCH fixed; rewrite the tar.gz with sorted members, fixed times/owners/modes and gzip mtime 0; refuse
-it if the value of any secret-looking environment variable appears inside.
+unpinned, which would upgrade the image's TensorFlow) and cap protobuf as that TensorFlow does; build the sdist
+with the `build` API and SOURCE_DATE_EPOCH fixed; rewrite the tar.gz with sorted members, fixed times/owners/modes
+and gzip mtime 0; refuse it if the value of any secret-looking environment variable appears inside.
 """
 
 from __future__ import annotations
@@ -74,6 +74,14 @@ def _pin_tensorflow_text(requirements: Path, tf_version: str) -> None:
     # Drop an existing tensorflow-text requirement: two conflicting pins would make pip fail on Vertex.
     lines = [line for line in lines if not re.match(r"\s*tensorflow[-_]text\b", line, re.IGNORECASE)]
     lines.append(f"tensorflow-text=={tf_version}.*")
+    # TensorFlow's own protobuf ceiling, repeated so pip meets it first: the newest wandb and google-cloud-*
+    # releases need protobuf>=6, and with TF 2.17 installed pip 23 backtracks through google-api-core for over
+    # 20 minutes before settling on the versions this cap picks at once (tests/trainer/test_vertex_image.py).
+    version = tuple(int(part) for part in tf_version.split("."))
+    if version <= (2, 17):
+        lines.append("protobuf<5")
+    elif version <= (2, 19):
+        lines.append("protobuf<6")
     requirements.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -134,7 +142,8 @@ def build_trainer_sdist(trainer_dir: Path, out_dir: Path, *, tf_version: str | N
     Args:
         trainer_dir: Path. The trainer project (pyproject.toml, requirements.txt, src/).
         out_dir: Path. Where the .tar.gz goes (created if missing).
-        tf_version: str or None. TensorFlow MAJOR.MINOR of the executor image; pins `tensorflow-text=={v}.*`.
+        tf_version: str or None. TensorFlow MAJOR.MINOR of the executor image; pins `tensorflow-text=={v}.*`
+            and caps protobuf as that TensorFlow does (< 5 up to 2.17, < 6 for 2.18-2.19).
 
     Returns:
         TrainerPackage. Path, sha256 and file name of the sdist.

@@ -100,7 +100,7 @@ class TestTensorflowTextPin:
         package = build_trainer_sdist(tiny_trainer, tmp_path, tf_version="2.17")
         files = members(package.path)
         requirements = files["tiny_trainer-0.0.1/requirements.txt"].decode()
-        assert requirements.splitlines() == ["numpy>=1.23", "tensorflow-text==2.17.*"]
+        assert requirements.splitlines() == ["numpy>=1.23", "tensorflow-text==2.17.*", "protobuf<5"]
         assert "Requires-Dist: tensorflow-text==2.17.*" in files["tiny_trainer-0.0.1/PKG-INFO"].decode()
         # the source tree itself is untouched
         assert (tiny_trainer / "requirements.txt").read_text() == "numpy>=1.23\n"
@@ -109,7 +109,13 @@ class TestTensorflowTextPin:
         (tiny_trainer / "requirements.txt").write_text("numpy>=1.23\ntensorflow-text\n")
         package = build_trainer_sdist(tiny_trainer, tmp_path, tf_version="2.15")
         requirements = members(package.path)["tiny_trainer-0.0.1/requirements.txt"].decode()
-        assert requirements.splitlines() == ["numpy>=1.23", "tensorflow-text==2.15.*"]
+        assert requirements.splitlines() == ["numpy>=1.23", "tensorflow-text==2.15.*", "protobuf<5"]
+
+    @pytest.mark.parametrize("tf_version, cap", [("2.18", ["protobuf<6"]), ("2.19", ["protobuf<6"]), ("2.20", [])])
+    def test_protobuf_cap_follows_tensorflow(self, tiny_trainer, tmp_path, tf_version, cap):
+        package = build_trainer_sdist(tiny_trainer, tmp_path, tf_version=tf_version)
+        requirements = members(package.path)["tiny_trainer-0.0.1/requirements.txt"].decode()
+        assert requirements.splitlines() == ["numpy>=1.23", f"tensorflow-text=={tf_version}.*", *cap]
 
     def test_no_pin_without_tf_image(self, tiny_trainer, tmp_path):
         package = build_trainer_sdist(tiny_trainer, tmp_path, tf_version=None)
