@@ -5,6 +5,10 @@ and, for contrast, without the pin; asks pip (Python 3.10, dry run, PyPI reachab
 dependencies resolve to. The image's TF stays only if that is the image's minor version. Prints JSON; exits 1
 when the pinned sdist would bring another TensorFlow.
 
+A dry run into an empty venv only: it does not see how pip behaves with the image's TensorFlow already installed
+(without the protobuf cap, pip 23 backtracked there for 20+ minutes) nor whether the trainer then runs. The slow test
+tests/trainer/test_vertex_image.py installs the sdist on Python 3.10 + TF 2.17.1 for real and trains both models.
+
     .venv/bin/python bench/vertex_install_check.py [--python /path/to/python3.10]
 """
 

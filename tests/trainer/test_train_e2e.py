@@ -6,58 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from trainer_testkit import base_args, run_trainer
-
-METRIC_KEYS = {"accuracy", "macro_f1", "per_class", "confusion_matrix"}
-LABELS = ["negative", "neutral", "positive"]
-
-
-def _check_metrics_shape(m: dict, model: str, n_test: int):
-    assert set(m) == {"model", "labels", "test", "validation", "train", "environment", "hyperparameters"}
-    assert m["model"] == model and m["labels"] == LABELS
-    for split in ("test", "validation"):
-        assert set(m[split]) == METRIC_KEYS
-        assert set(m[split]["per_class"]) == set(LABELS)
-        for v in m[split]["per_class"].values():
-            assert set(v) == {"precision", "recall", "f1", "support"}
-        cm = np.asarray(m[split]["confusion_matrix"])
-        assert cm.shape == (3, 3)
-    cm = np.asarray(m["test"]["confusion_matrix"])
-    assert cm.sum() == n_test
-    assert [m["test"]["per_class"][k]["support"] for k in LABELS] == cm.sum(axis=1).tolist()
-    assert m["test"]["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
-    assert set(m["train"]) == {"epochs_run", "seconds", "samples_per_second", "resumed_from_epoch"}
-    assert m["train"]["samples_per_second"] > 0
-    assert m["environment"]["backend"] == "jax" and m["environment"]["device"] == "cpu"
-    assert {"keras", "keras_hub"} <= set(m["environment"]["versions"])
-    assert m["hyperparameters"]["batch_size"] == 16
-
-
-def _reload_and_score(out, test_csv) -> float:
-    """Load the export the way a consumer would (keras + tokenizers only) and score the test split."""
-    import csv
-
-    import keras
-    import keras_hub  # noqa: F401  registers BertBackbone for deserialisation
-    from tokenizers import BertWordPieceTokenizer
-
-    prep = json.loads((out / "preprocessing.json").read_text())
-    labels = json.loads((out / "labels.json").read_text())["labels"]
-    model = keras.saving.load_model(str(out / "model.keras"))
-    tok = BertWordPieceTokenizer(str(out / "vocab.txt"), lowercase=prep["lowercase"])
-    tok.enable_truncation(prep["max_seq_len"])
-    with open(test_csv, encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    ids = np.zeros((len(rows), prep["max_seq_len"]), "int32")
-    for i, e in enumerate(tok.encode_batch([r["text"] for r in rows])):
-        ids[i, :len(e.ids)] = e.ids
-    x = {"token_ids": ids}
-    if "padding_mask" in prep["inputs"]:
-        x.update(segment_ids=np.zeros_like(ids), padding_mask=(ids != 0).astype("int32"))
-    logits = model.predict(x, batch_size=32, verbose=0)
-    assert logits.shape == (len(rows), 3)
-    pred = [labels[i] for i in logits.argmax(-1)]
-    return float(np.mean([p == r["label"] for p, r in zip(pred, rows)]))
+from trainer_testkit import base_args, check_metrics_shape, reload_and_score, run_trainer
 
 
 @pytest.mark.parametrize("model", ["bert", "lstm"])
@@ -70,12 +19,12 @@ def test_train_export_reload(model, splits, tiny_bert, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     assert proc.stderr.strip() == ""  or "error" not in proc.stderr
     m = json.loads((out / "metrics.json").read_text())
-    _check_metrics_shape(m, model, n_test=60)
+    check_metrics_shape(m, model, n_test=60)
     assert m["train"]["epochs_run"] == 2 and m["train"]["resumed_from_epoch"] == 0
     for name in ("model.keras", "vocab.txt", "labels.json", "preprocessing.json"):
         assert (out / name).exists(), name
     # the export is the evaluated model: same test accuracy outside the trainer (up to padding round-off)
-    assert _reload_and_score(out, splits["test"]) == pytest.approx(m["test"]["accuracy"], abs=0.034)
+    assert reload_and_score(out, splits["test"]) == pytest.approx(m["test"]["accuracy"], abs=0.034)
 
 
 def test_lstm_learns_the_synthetic_task(splits, tmp_path):
@@ -104,7 +53,7 @@ def test_lstm_on_frozen_pretrained_embeddings(splits, tiny_bert, tmp_path):
     checkpoint = next(v for k, v in load_file(str(tiny_bert / "model.safetensors")).items()
                       if k.endswith("word_embeddings.weight"))
     np.testing.assert_array_equal(exported, checkpoint)
-    assert _reload_and_score(out, splits["test"]) == pytest.approx(m["test"]["accuracy"], abs=0.034)
+    assert reload_and_score(out, splits["test"]) == pytest.approx(m["test"]["accuracy"], abs=0.034)
 
 
 def test_resume_after_kill_trains_no_epoch_twice(splits, tmp_path):
