@@ -33,14 +33,18 @@ def build_bert(checkpoint_dir: str, num_classes: int, dropout: float, max_seq_le
     except Exception as first_exc:
         # keras-hub 0.25.1 (the last release for Python 3.10) only reads the original BERT names
         # ("bert." prefix, LayerNorm gamma/beta); newer HF exports use LayerNorm weight/bias and no prefix.
+        # It also ignores max_position_embeddings (always 512), hence max_sequence_length.
         try:
             backbone = keras_hub.models.BertBackbone.from_preset(
-                normalize_bert_checkpoint(checkpoint_dir, os.path.join(work_dir or checkpoint_dir, "normalized")))
-        except Exception:
+                normalize_bert_checkpoint(checkpoint_dir, os.path.join(work_dir or checkpoint_dir, "normalized")),
+                max_sequence_length=max_pos)
+        except Exception as second_exc:
             exc = first_exc
             first = str(exc).splitlines()[0] if str(exc) else ""
+            second = str(second_exc).splitlines()[0] if str(second_exc) else ""
             raise CheckpointError(
-                f"cannot load BERT checkpoint {checkpoint_dir}: {type(exc).__name__}: {first}") from exc
+                f"cannot load BERT checkpoint {checkpoint_dir}: {type(exc).__name__}: {first} (with renamed "
+                f"weights: {type(second_exc).__name__}: {second})") from exc
     # A plain functional model rather than keras_hub's BertTextClassifier: the latter is a PipelineModel
     # whose fit() routes numpy batches through grain/tf.data, which a TF-free JAX install does not have.
     inputs = {

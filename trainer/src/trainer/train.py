@@ -143,13 +143,28 @@ class _Feed(keras.utils.PyDataset):
 
     def __getitem__(self, i: int):
         if self._plan is None:
-            self._plan = self.batches.plan(shuffle_seed=self.seed * 100_003 + self.epoch)
+            self._plan = _tf_signature_safe(self.batches.plan(shuffle_seed=self.seed * 100_003 + self.epoch))
         b = self.batches.make(*self._plan[i])
         return b.inputs, b.labels, b.weights
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
         self._plan = None
+
+
+def _tf_signature_safe(plan: list) -> list:
+    """On the TensorFlow backend Keras fixes the input signature from the first two batches of a PyDataset
+    (tf.data.Dataset.from_generator): a padded length both share is baked in and a batch of another bucket
+    then fails ("generator yielded an element of shape (16, 64) where ... (None, 32) was expected"). Keras'
+    advice: make the first two batches differ in every variable dimension, so swap one of another bucket into
+    second place. Deterministic, so a resumed run still sees the same order. Other backends: unchanged."""
+    if keras.backend.backend() != "tensorflow" or len(plan) < 3 or plan[0][0] != plan[1][0]:
+        return plan
+    other = next((k for k in range(2, len(plan)) if plan[k][0] != plan[0][0]), None)
+    if other is not None:
+        plan = list(plan)
+        plan[1], plan[other] = plan[other], plan[1]
+    return plan
 
 
 def predict_logits(model: keras.Model, batches: BucketedBatches) -> np.ndarray:
