@@ -41,10 +41,11 @@ def test_lstm_on_frozen_pretrained_embeddings(splits, tiny_bert, tmp_path):
 
     out = tmp_path / "out"
     proc = run_trainer(*base_args(splits, out, "lstm", "--epochs", "2", "--pretrained", str(tiny_bert),
-                                  "--lstm-embeddings", "frozen"))
+                                  "--lstm-embeddings", "frozen", "--class-weights", "sqrt"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["hyperparameters"]["lstm_embeddings"] == "frozen"
+    assert m["hyperparameters"]["class_weights"] == "sqrt" and len(m["hyperparameters"]["class_weight_values"]) == 3
     assert (out / "vocab.txt").read_text() == (tiny_bert / "vocab.txt").read_text()
 
     import keras

@@ -185,7 +185,7 @@ def _run(cfg: TrainConfig, splits: dict, work_dir: str) -> dict:
     log.info("model %s: %d parameters", model.name, model.count_params())
 
     hyper = dict(cfg.hyperparameters(), precision=precision, buckets=list(buckets),
-                 class_weights=[round(float(w), 4) for w in class_weights])
+                 class_weight_values=[round(float(w), 4) for w in class_weights])
     tracker = Tracker(cfg.wandb_project, cfg.wandb_run_name, cfg.wandb_tags,
                       config=dict(hyper, model=cfg.model), work_dir=os.path.join(work_dir, "wandb"))
     try:
