@@ -103,11 +103,23 @@ class TrainerParams(_Strict):
     lstm_embeddings: Literal["learned", "pretrained", "frozen"] = Field(
         "learned", description="lstm: embeddings from scratch, or the pretrained checkpoint's (tuned or frozen)."
     )
+    buckets: list[int] | None = Field(
+        None,
+        description="Padded lengths of the batches (max_seq_len is always one); None: the trainer's 32/64/96/... "
+        "Fewer lengths mean fewer XLA compilations and more padding.",
+    )
 
     @model_validator(mode="after")
     def _embeddings_need_checkpoint(self) -> TrainerParams:
         if self.lstm_embeddings != "learned" and not self.pretrained:
             raise ValueError(f"lstm_embeddings {self.lstm_embeddings!r} needs pretrained (a BERT checkpoint)")
+        return self
+
+    @model_validator(mode="after")
+    def _buckets_within_max_seq_len(self) -> TrainerParams:
+        bad = [b for b in self.buckets or () if not 1 <= b <= self.max_seq_len]
+        if bad:
+            raise ValueError(f"buckets {bad} must lie in [1, max_seq_len {self.max_seq_len}]")
         return self
 
 

@@ -87,6 +87,8 @@ def trainer_args(model: str, params: TrainerParams, data_uri: str, wandb_project
     ]
     if params.pretrained:
         args.append(f"--pretrained={params.pretrained}")
+    if params.buckets:
+        args.append(f"--buckets={','.join(str(b) for b in sorted(set(params.buckets)))}")
     if model == "bert":
         args.append(f"--pooling={params.pooling}")
     else:

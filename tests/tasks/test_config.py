@@ -31,6 +31,10 @@ BASE = {"project": "p", "bucket": "finsent-test"}
             r"params.lstm: lstm_embeddings 'frozen' needs pretrained",
         ),
         ({"params": {"bert": {"class_weights": "inverse"}, "lstm": {}}}, r"params.bert.class_weights: Input should be"),
+        (
+            {"params": {"bert": {"buckets": [64, 256]}, "lstm": {}}},
+            r"params.bert: buckets \[256\] must lie in \[1, max_seq_len 128\]",
+        ),
     ],
 )
 def test_bad_settings_fail_with_one_line(override, message):

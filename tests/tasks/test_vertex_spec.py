@@ -14,7 +14,7 @@ CFG = parse_config(
         "bucket": "finsent-test",
         "scheduling_strategy": "SPOT",
         "timeout_seconds": 3600,
-        "params": {"lstm": {"epochs": 3, "batch_size": 16}, "bert": {}},
+        "params": {"lstm": {"epochs": 3, "batch_size": 16, "buckets": [64, 32]}, "bert": {}},
         "wandb": {"secret_manager_ref": "projects/p/secrets/wandb/versions/1"},
     }
 )
@@ -59,6 +59,7 @@ def test_custom_job_spec_is_exactly_what_vertex_needs():
                             "--class-weights=balanced",
                             "--wandb-project=finsent",
                             "--wandb-run-name=finsent-lstm-r1-a1",
+                            "--buckets=32,64",
                             "--lstm-embeddings=learned",
                         ],
                         "env": [

@@ -56,6 +56,8 @@ class TestBadInput:
         (["--precision", "fp8"], "--precision"),
         (["--lstm-embeddings", "frozen"], "--lstm-embeddings frozen needs --pretrained"),
         (["--class-weights", "inverse"], "--class-weights"),
+        (["--buckets", "32,200"], "--buckets 32,200: every length must be in [1, --max-seq-len"),
+        (["--buckets", "short"], "--buckets must be 'auto' or comma-separated integers"),
     ])
     def test_bad_flags(self, splits, tmp_path, extra, needle):
         proc = run_trainer(*base_args(splits, tmp_path / "out", "lstm"), *extra)
@@ -75,6 +77,6 @@ def test_help_documents_every_contract_flag():
     for flag in ("--model", "--train-data", "--validation-data", "--test-data", "--output-dir", "--checkpoint-dir",
                  "--tensorboard-dir", "--pretrained", "--epochs", "--batch-size", "--learning-rate",
                  "--max-seq-len", "--seed", "--patience", "--precision", "--wandb-project", "--wandb-run-name",
-                 "--wandb-tags", "--lstm-embeddings", "--class-weights"):
+                 "--wandb-tags", "--lstm-embeddings", "--class-weights", "--buckets"):
         assert flag in proc.stdout, flag
     assert "--stop-after-epochs" not in proc.stdout

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from trainer import data as D
+from trainer.config import parse_buckets
 from trainer.errors import DataError
 
 
@@ -47,9 +48,14 @@ class TestBucketing:
         return D.BucketedBatches(ids, labels, batch_size, buckets, "bert", class_weights=weights)
 
     def test_bucket_lengths_are_capped(self):
-        assert D.bucket_lengths(128) == (32, 64, 96, 128)
-        assert D.bucket_lengths(50) == (32, 50)
-        assert D.bucket_lengths(16) == (16,)
+        assert parse_buckets("auto", 128) == (32, 64, 96, 128)
+        assert parse_buckets("auto", 50) == (32, 50)
+        assert parse_buckets("auto", 16) == (16,)
+
+    def test_given_buckets_always_end_at_max_seq_len(self):
+        assert parse_buckets("64", 128) == (64, 128)
+        assert parse_buckets("128", 128) == (128,)  # one shape: one compilation per step function
+        assert parse_buckets(" 96, 48,96", 128) == (48, 96, 128)
 
     def test_only_bucket_shapes_and_every_sample_once(self):
         lengths = [5, 40, 7, 33, 12, 64, 3, 30, 31, 2, 60]

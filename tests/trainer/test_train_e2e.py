@@ -28,11 +28,15 @@ def test_train_export_reload(model, splits, tiny_bert, tmp_path):
 
 
 def test_lstm_learns_the_synthetic_task(splits, tmp_path):
+    """Also with every batch padded to one length (--buckets = --max-seq-len 64: one XLA compilation per step
+    function)."""
     out = tmp_path / "out"
-    proc = run_trainer(*base_args(splits, out, "lstm", "--epochs", "4"))
+    proc = run_trainer(*base_args(splits, out, "lstm", "--epochs", "4", "--buckets", "64"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["test"]["accuracy"] >= 0.8, m["test"]
+    assert m["hyperparameters"]["buckets"] == [64]
+    assert json.loads((out / "preprocessing.json").read_text())["buckets"] == [64]
 
 
 def test_lstm_on_frozen_pretrained_embeddings(splits, tiny_bert, tmp_path):

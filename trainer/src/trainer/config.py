@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from trainer.errors import ConfigError
 
@@ -18,6 +18,8 @@ DEFAULT_LR = {"bert": 3e-5, "lstm": 2e-3}
 DEFAULT_DROPOUT = {"bert": 0.1, "lstm": 0.5}
 LSTM_EMBEDDINGS = ("learned", "pretrained", "frozen")
 CLASS_WEIGHTS = ("balanced", "sqrt", "none")
+# Padded lengths of --buckets auto (those below --max-seq-len, plus --max-seq-len itself).
+STANDARD_BUCKETS = (32, 64, 96, 128, 192, 256, 384, 512)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +51,7 @@ class TrainConfig:
     lstm_pooling: str
     lstm_embeddings: str
     class_weights: str
+    buckets: Tuple[int, ...]
     wandb_project: Optional[str]
     wandb_run_name: Optional[str]
     wandb_tags: List[str]
@@ -58,13 +61,13 @@ class TrainConfig:
         """The settings that shape the model and the optimisation (for metrics.json and wandb)."""
         keys = [
             "epochs", "batch_size", "learning_rate", "max_seq_len", "seed", "patience", "precision",
-            "warmup_ratio", "weight_decay", "dropout", "pretrained", "class_weights",
+            "warmup_ratio", "weight_decay", "dropout", "pretrained", "class_weights", "buckets",
         ]
         if self.model == "bert":
             keys += ["pooling"]
         if self.model == "lstm":
             keys += ["lstm_vocab_size", "lstm_embedding_dim", "lstm_units", "lstm_pooling", "lstm_embeddings"]
-        return {k: getattr(self, k) for k in keys}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(self, k)) for k in keys)}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,7 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"Peak learning rate. Default: {DEFAULT_LR['bert']} (bert), {DEFAULT_LR['lstm']} (lstm).")
     p.add_argument("--max-seq-len", type=int, default=128,
                    help="Truncate to this many WordPiece tokens; batches are padded to one of a few fixed "
-                   "lengths up to this (32/64/96/128...). (default: %(default)s)")
+                   "lengths up to this (see --buckets). (default: %(default)s)")
+    p.add_argument("--buckets", default="auto",
+                   help="Comma-separated padded lengths, e.g. 64 (plus --max-seq-len, always a bucket). XLA "
+                   "compiles the train and predict steps once per length, so fewer buckets mean less compile "
+                   "time and more padding: on a GPU, where a PhraseBank-sized epoch takes seconds, compile "
+                   "time dominates; on a CPU, padding does. auto = 32,64,96,... below --max-seq-len. "
+                   "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=42, help="Random seed (weights init, shuffling, dropout). (default: %(default)s)")
     p.add_argument("--patience", type=int, default=2,
                    help="Early stopping: epochs without a validation macro-F1 gain before stopping; "
@@ -146,6 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_buckets(text: str, max_seq_len: int) -> Tuple[int, ...]:
+    """`--buckets` -> sorted padded lengths ending at max_seq_len ("auto": the standard ones below it)."""
+    if text.strip() == "auto":
+        return tuple(sorted({b for b in STANDARD_BUCKETS if b < max_seq_len} | {max_seq_len}))
+    try:
+        lengths = {int(part) for part in text.split(",") if part.strip()}
+    except ValueError:
+        raise ConfigError(f"--buckets must be 'auto' or comma-separated integers, got {text!r}") from None
+    bad = sorted(b for b in lengths if not 1 <= b <= max_seq_len)
+    if bad:
+        raise ConfigError(f"--buckets {text}: every length must be in [1, --max-seq-len {max_seq_len}], got {bad}")
+    return tuple(sorted(lengths | {max_seq_len}))
+
+
 def parse_config(argv: Optional[Sequence[str]] = None) -> TrainConfig:
     """Parse and validate the command line; raises ConfigError (or exits 2 on usage errors)."""
     args = build_parser().parse_args(argv)
@@ -170,6 +193,7 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> TrainConfig:
     if args.model == "lstm" and args.lstm_embeddings != "learned" and not pretrained:
         raise ConfigError(f"--lstm-embeddings {args.lstm_embeddings} needs --pretrained (the checkpoint whose "
                           "token embeddings and vocab to use)")
+    buckets = parse_buckets(args.buckets, args.max_seq_len)
     return TrainConfig(
         model=args.model,
         train_data=args.train_data,
@@ -196,6 +220,7 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> TrainConfig:
         lstm_pooling=args.lstm_pooling,
         lstm_embeddings=args.lstm_embeddings,
         class_weights=args.class_weights,
+        buckets=buckets,
         wandb_project=args.wandb_project or None,
         wandb_run_name=args.wandb_run_name,
         wandb_tags=[t.strip() for t in args.wandb_tags.split(",") if t.strip()],

@@ -20,7 +20,6 @@ from trainer import storage
 from trainer.errors import CheckpointError, DataError
 
 LABEL_TO_ID = {name: i for i, name in enumerate(LABELS)}
-BUCKETS = (32, 64, 96, 128, 192, 256, 384, 512)
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -127,11 +126,6 @@ def encode(tokenizer, texts: Sequence[str]) -> List[np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------------- bucketing
-
-
-def bucket_lengths(max_seq_len: int) -> Tuple[int, ...]:
-    """The padded lengths used: the standard buckets below max_seq_len, plus max_seq_len itself."""
-    return tuple(sorted({b for b in BUCKETS if b < max_seq_len} | {max_seq_len}))
 
 
 @dataclass
