@@ -195,3 +195,33 @@ def test_lstm_resumes_after_kill_on_tensorflow(image_python, splits, tiny_bert, 
     m = _check_tensorflow_run(resumed, out, "lstm", splits["test"], image_python)
     assert m["train"]["epochs_run"] == 3 and m["train"]["resumed_from_epoch"] == 1
     assert [json.loads(line)["epoch"] for line in (ck / "epochs.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_gcs_everywhere_on_tensorflow(image_python, gcs_emulator, splits, tiny_bert):
+    """gs:// data, checkpoint to fine-tune, per-epoch checkpoints and outputs, with the google-cloud-storage that
+    pip resolves next to TF 2.17's protobuf < 5 (fake-gcs-server stands in for GCS)."""
+    import uuid
+
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    name = f"image-{uuid.uuid4().hex[:8]}"
+    gcs_emulator.create_bucket(name)
+    bucket = storage.Client(project="test", credentials=AnonymousCredentials()).bucket(name)
+    for split, path in splits.items():
+        bucket.blob(f"data/{split}.csv").upload_from_filename(str(path))
+    for f in ("config.json", "model.safetensors", "vocab.txt"):
+        bucket.blob(f"pretrained/{f}").upload_from_filename(str(tiny_bert / f))
+    gs = f"gs://{name}"
+    proc = run_trainer("--model", "bert", "--train-data", f"{gs}/data/train.csv", "--validation-data",
+                       f"{gs}/data/validation.csv", "--test-data", f"{gs}/data/test.csv", "--pretrained",
+                       f"{gs}/pretrained", "--output-dir", f"{gs}/model", "--checkpoint-dir", f"{gs}/checkpoints",
+                       "--epochs", "1", "--batch-size", "16", "--max-seq-len", "64", "--learning-rate", "5e-3",
+                       python=str(image_python), extra_env=_TF_ENV)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    m = json.loads(bucket.blob("model/metrics.json").download_as_bytes())
+    assert m["environment"]["backend"] == "tensorflow"
+    assert m["environment"]["versions"]["tensorflow"] == IMAGE_TENSORFLOW, m["environment"]
+    assert {b.name for b in bucket.list_blobs(prefix="model/")} >= {"model/model.keras", "model/vocab.txt",
+                                                                    "model/labels.json", "model/metrics.json"}
+    assert json.loads(bucket.blob("checkpoints/state.json").download_as_bytes())["epoch"] == 1
