@@ -105,8 +105,8 @@ class TrainerParams(_Strict):
     )
     buckets: list[int] | None = Field(
         None,
-        description="Padded lengths of the batches (max_seq_len is always one); None: the trainer's 32/64/96/... "
-        "Fewer lengths mean fewer XLA compilations and more padding.",
+        description="Padded lengths of the batches (max_seq_len is always one); None: the trainer's auto (the "
+        "standard 32/64/96/... that hold >= 5% of the sentences). Fewer lengths: fewer XLA compilations, more padding.",
     )
 
     @model_validator(mode="after")

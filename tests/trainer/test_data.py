@@ -47,15 +47,24 @@ class TestBucketing:
         labels = np.asarray([i % 3 for i in range(len(lengths))], dtype=np.int32)
         return D.BucketedBatches(ids, labels, batch_size, buckets, "bert", class_weights=weights)
 
-    def test_bucket_lengths_are_capped(self):
-        assert parse_buckets("auto", 128) == (32, 64, 96, 128)
-        assert parse_buckets("auto", 50) == (32, 50)
-        assert parse_buckets("auto", 16) == (16,)
+    def test_auto_buckets_are_the_standard_lengths_the_data_fills(self):
+        spread = [20] * 30 + [50] * 30 + [80] * 30 + [120] * 10
+        assert D.bucket_lengths(spread, 128) == (32, 64, 96, 128)
+        assert D.bucket_lengths(spread, 50) == (32, 50)
+        assert D.bucket_lengths(spread, 16) == (16,)
+        # PhraseBank's shape: 63 % <= 32 tokens, 35 % <= 64, 2 % <= 96, 0.1 % longer. A length that 2 % of the
+        # sentences would use is not worth its own compilations: they are padded to the next one.
+        phrasebank = [25] * 630 + [50] * 350 + [80] * 19 + [110] * 1
+        assert D.bucket_lengths(phrasebank, 128) == (32, 64, 128)
+        assert D.bucket_lengths([300] * 10, 512) == (384, 512)
+        assert D.bucket_lengths([500] * 10, 512) == (512,)  # only the longest length is filled: one shape
 
     def test_given_buckets_always_end_at_max_seq_len(self):
+        assert parse_buckets("auto", 128) is None
         assert parse_buckets("64", 128) == (64, 128)
         assert parse_buckets("128", 128) == (128,)  # one shape: one compilation per step function
         assert parse_buckets(" 96, 48,96", 128) == (48, 96, 128)
+        assert D.bucket_lengths([20] * 100, 128, given=(64, 128)) == (64, 128)
 
     def test_only_bucket_shapes_and_every_sample_once(self):
         lengths = [5, 40, 7, 33, 12, 64, 3, 30, 31, 2, 60]

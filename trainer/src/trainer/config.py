@@ -18,8 +18,6 @@ DEFAULT_LR = {"bert": 3e-5, "lstm": 2e-3}
 DEFAULT_DROPOUT = {"bert": 0.1, "lstm": 0.5}
 LSTM_EMBEDDINGS = ("learned", "pretrained", "frozen")
 CLASS_WEIGHTS = ("balanced", "sqrt", "none")
-# Padded lengths of --buckets auto (those below --max-seq-len, plus --max-seq-len itself).
-STANDARD_BUCKETS = (32, 64, 96, 128, 192, 256, 384, 512)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +49,7 @@ class TrainConfig:
     lstm_pooling: str
     lstm_embeddings: str
     class_weights: str
-    buckets: Tuple[int, ...]
+    buckets: Optional[Tuple[int, ...]]  # None: chosen from the training data (trainer.data.bucket_lengths)
     wandb_project: Optional[str]
     wandb_run_name: Optional[str]
     wandb_tags: List[str]
@@ -115,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Comma-separated padded lengths, e.g. 64 (plus --max-seq-len, always a bucket). XLA "
                    "compiles the train and predict steps once per length, so fewer buckets mean less compile "
                    "time and more padding: on a GPU, where a PhraseBank-sized epoch takes seconds, compile "
-                   "time dominates; on a CPU, padding does. auto = 32,64,96,... below --max-seq-len. "
-                   "(default: %(default)s)")
+                   "time dominates; on a CPU, padding does. auto = 32,64,96,... below --max-seq-len, "
+                   "leaving out any that would hold < 5%% of the training sentences (they go to the next "
+                   "longer one). (default: %(default)s)")
     p.add_argument("--seed", type=int, default=42, help="Random seed (weights init, shuffling, dropout). (default: %(default)s)")
     p.add_argument("--patience", type=int, default=2,
                    help="Early stopping: epochs without a validation macro-F1 gain before stopping; "
@@ -155,10 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_buckets(text: str, max_seq_len: int) -> Tuple[int, ...]:
-    """`--buckets` -> sorted padded lengths ending at max_seq_len ("auto": the standard ones below it)."""
+def parse_buckets(text: str, max_seq_len: int) -> Optional[Tuple[int, ...]]:
+    """`--buckets` -> sorted padded lengths ending at max_seq_len, or None for "auto"."""
     if text.strip() == "auto":
-        return tuple(sorted({b for b in STANDARD_BUCKETS if b < max_seq_len} | {max_seq_len}))
+        return None
     try:
         lengths = {int(part) for part in text.split(",") if part.strip()}
     except ValueError:

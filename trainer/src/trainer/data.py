@@ -20,6 +20,8 @@ from trainer import storage
 from trainer.errors import CheckpointError, DataError
 
 LABEL_TO_ID = {name: i for i, name in enumerate(LABELS)}
+STANDARD_BUCKETS = (32, 64, 96, 128, 192, 256, 384, 512)
+MIN_BUCKET_SHARE = 0.05
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -126,6 +128,24 @@ def encode(tokenizer, texts: Sequence[str]) -> List[np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------------- bucketing
+
+
+def bucket_lengths(train_lengths: Sequence[int], max_seq_len: int,
+                   given: Optional[Sequence[int]] = None) -> Tuple[int, ...]:
+    """The padded lengths of the batches, always ending at max_seq_len: `given`, or the standard lengths below
+    max_seq_len minus those that would hold < MIN_BUCKET_SHARE of the training sentences (these go to the next
+    longer length). Each length costs one XLA compilation of the train and of the predict step, which a handful
+    of sentences do not repay (PhraseBank: 2 % of the sentences need 65-96 tokens)."""
+    if given is not None:
+        return tuple(sorted(set(given) | {max_seq_len}))
+    lengths = np.minimum(np.asarray(train_lengths, dtype=np.int64), max_seq_len)
+    kept, below = [], 0
+    for b in sorted(b for b in STANDARD_BUCKETS if b < max_seq_len):
+        share = float(((lengths > below) & (lengths <= b)).mean()) if len(lengths) else 0.0
+        if share >= MIN_BUCKET_SHARE:
+            kept.append(b)
+            below = b
+    return tuple(kept) + (max_seq_len,)
 
 
 @dataclass

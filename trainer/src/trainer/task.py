@@ -162,11 +162,12 @@ def _run(cfg: TrainConfig, splits: dict, work_dir: str) -> dict:
     if store is not None and store.fetch("vocab.txt") is None:
         store.put(vocab_path, "vocab.txt")
     pad_id = tokenizer.token_to_id("[PAD]")
-    buckets = cfg.buckets
+    encoded = {name: D.encode(tokenizer, s.texts) for name, s in splits.items()}
+    buckets = D.bucket_lengths([len(x) for x in encoded["train"]], cfg.max_seq_len, cfg.buckets)
     class_weights = D.class_weights(splits["train"].labels, cfg.class_weights)
     log.info("buckets %s, class weights %s", buckets, dict(zip(LABELS, class_weights.round(3).tolist())))
     batches = {
-        name: D.BucketedBatches(D.encode(tokenizer, s.texts), s.labels, cfg.batch_size, buckets, cfg.model,
+        name: D.BucketedBatches(encoded[name], s.labels, cfg.batch_size, buckets, cfg.model,
                                 class_weights=class_weights if name == "train" else None, pad_id=pad_id)
         for name, s in splits.items()
     }
@@ -184,7 +185,7 @@ def _run(cfg: TrainConfig, splits: dict, work_dir: str) -> dict:
                            train_embeddings=cfg.lstm_embeddings != "frozen")
     log.info("model %s: %d parameters", model.name, model.count_params())
 
-    hyper = dict(cfg.hyperparameters(), precision=precision,
+    hyper = dict(cfg.hyperparameters(), precision=precision, buckets=list(buckets),
                  class_weight_values=[round(float(w), 4) for w in class_weights])
     tracker = Tracker(cfg.wandb_project, cfg.wandb_run_name, cfg.wandb_tags,
                       config=dict(hyper, model=cfg.model), work_dir=os.path.join(work_dir, "wandb"))
