@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buckets", default="auto",
                    help="Comma-separated padded lengths, e.g. 64 (plus --max-seq-len, always a bucket). XLA "
                    "compiles the train and predict steps once per length, so fewer buckets mean less compile "
-                   "time and more padding: on a GPU, where a PhraseBank-sized epoch takes seconds, compile "
-                   "time dominates; on a CPU, padding does. auto = 32,64,96,... below --max-seq-len, "
+                   "time and more padded compute (on a GPU, where a PhraseBank-sized epoch takes seconds, "
+                   "compile time dominates). auto = 32,64,96,... below --max-seq-len, "
                    "leaving out any that would hold < 5%% of the training sentences (they go to the next "
                    "longer one). (default: %(default)s)")
     p.add_argument("--seed", type=int, default=42, help="Random seed (weights init, shuffling, dropout). (default: %(default)s)")
