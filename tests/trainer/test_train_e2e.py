@@ -25,6 +25,13 @@ def test_train_export_reload(model, splits, tiny_bert, tmp_path):
         assert (out / name).exists(), name
     # the export is the evaluated model: same test accuracy outside the trainer (up to padding round-off)
     assert reload_and_score(out, splits["test"]) == pytest.approx(m["test"]["accuracy"], abs=0.034)
+    # ... and only the model: no optimizer state (AdamW's moments would triple the file)
+    import keras
+    import keras_hub  # noqa: F401  registers BertBackbone
+
+    exported = keras.saving.load_model(str(out / "model.keras"))
+    assert getattr(exported, "optimizer", None) is None
+    assert (out / "model.keras").stat().st_size < 1.2 * 4 * exported.count_params() + 2**20
 
 
 def test_lstm_learns_the_synthetic_task(splits, tmp_path):

@@ -201,7 +201,9 @@ def _run(cfg: TrainConfig, splits: dict, work_dir: str) -> dict:
                  reports["validation"]["macro_f1"])
 
         # === Export: a model that reloads anywhere (no optimizer state), its vocab and label map ===
-        export_model = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+        # from_config builds an uncompiled twin: serializing the trained model would carry its compile config,
+        # and the saved file AdamW's two moments per weight (3x the size: 1.25 GB instead of 418 MB for BERT-base)
+        export_model = keras.Model.from_config(model.get_config())
         export_model.set_weights(model.get_weights())
         export_model.save(os.path.join(export_dir, "model.keras"))
         shutil.copyfile(vocab_path, os.path.join(export_dir, "vocab.txt"))
