@@ -1,7 +1,8 @@
-"""Fixtures for the trainer tests: a tiny HF-format BERT checkpoint and small CSV splits."""
+"""Fixtures for the trainer tests: a tiny HF-format BERT checkpoint, small CSV splits, a fake-gcs-server bucket."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -22,3 +23,22 @@ def splits(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return build_tiny_bert_checkpoint(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture()
+def gcs_inputs(gcs_emulator, splits, tiny_bert):
+    """A fresh fake-gcs-server bucket holding the splits (data/) and the tiny checkpoint (pretrained/).
+    Returns (bucket, the trainer's gs:// input arguments)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    name = f"trainer-{uuid.uuid4().hex[:8]}"
+    gcs_emulator.create_bucket(name)
+    bucket = storage.Client(project="test", credentials=AnonymousCredentials()).bucket(name)
+    for split, path in splits.items():
+        bucket.blob(f"data/{split}.csv").upload_from_filename(str(path))
+    for f in ("config.json", "model.safetensors", "vocab.txt"):
+        bucket.blob(f"pretrained/{f}").upload_from_filename(str(tiny_bert / f))
+    gs = f"gs://{name}"
+    return bucket, ["--train-data", f"{gs}/data/train.csv", "--validation-data", f"{gs}/data/validation.csv",
+                    "--test-data", f"{gs}/data/test.csv", "--pretrained", f"{gs}/pretrained"]

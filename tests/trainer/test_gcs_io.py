@@ -1,34 +1,15 @@
 """gs:// everywhere (data, pretrained checkpoint, checkpoints, output) against fake-gcs-server."""
 
 import json
-import uuid
-
-import pytest
 
 from trainer_testkit import run_trainer
 
 
-@pytest.fixture()
-def bucket(gcs_emulator):
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    name = f"trainer-{uuid.uuid4().hex[:8]}"
-    gcs_emulator.create_bucket(name)
-    client = storage.Client(project="test", credentials=AnonymousCredentials())
-    return client.bucket(name)
-
-
-def test_bert_all_gcs_with_resume(bucket, splits, tiny_bert):
-    for name, path in splits.items():
-        bucket.blob(f"data/{name}.csv").upload_from_filename(str(path))
-    for f in ("config.json", "model.safetensors", "vocab.txt"):
-        bucket.blob(f"pretrained/{f}").upload_from_filename(str(tiny_bert / f))
+def test_bert_all_gcs_with_resume(gcs_inputs):
+    bucket, inputs = gcs_inputs
     gs = f"gs://{bucket.name}"
-    args = ["--model", "bert", "--train-data", f"{gs}/data/train.csv", "--validation-data",
-            f"{gs}/data/validation.csv", "--test-data", f"{gs}/data/test.csv", "--pretrained", f"{gs}/pretrained",
-            "--output-dir", f"{gs}/model", "--checkpoint-dir", f"{gs}/checkpoints", "--epochs", "2",
-            "--batch-size", "16", "--max-seq-len", "64", "--learning-rate", "5e-3"]
+    args = ["--model", "bert", *inputs, "--output-dir", f"{gs}/model", "--checkpoint-dir", f"{gs}/checkpoints",
+            "--epochs", "2", "--batch-size", "16", "--max-seq-len", "64", "--learning-rate", "5e-3"]
 
     killed = run_trainer(*args, "--stop-after-epochs", "1")
     assert killed.returncode == 75, killed.stdout[-3000:] + killed.stderr
@@ -45,8 +26,8 @@ def test_bert_all_gcs_with_resume(bucket, splits, tiny_bert):
     assert [json.loads(line)["epoch"] for line in log] == [1, 2]
 
 
-def test_unreadable_gcs_object(bucket, splits):
-    gs = f"gs://{bucket.name}"
+def test_unreadable_gcs_object(gcs_inputs, splits):
+    gs = f"gs://{gcs_inputs[0].name}"
     proc = run_trainer("--model", "lstm", "--train-data", f"{gs}/missing.csv", "--validation-data",
                        str(splits["validation"]), "--test-data", str(splits["test"]), "--output-dir", f"{gs}/out")
     assert proc.returncode == 2

@@ -197,27 +197,14 @@ def test_lstm_resumes_after_kill_on_tensorflow(image_python, splits, tiny_bert, 
     assert [json.loads(line)["epoch"] for line in (ck / "epochs.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
-def test_gcs_everywhere_on_tensorflow(image_python, gcs_emulator, splits, tiny_bert):
+def test_gcs_everywhere_on_tensorflow(image_python, gcs_inputs):
     """gs:// data, checkpoint to fine-tune, per-epoch checkpoints and outputs, with the google-cloud-storage that
     pip resolves next to TF 2.17's protobuf < 5 (fake-gcs-server stands in for GCS)."""
-    import uuid
-
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    name = f"image-{uuid.uuid4().hex[:8]}"
-    gcs_emulator.create_bucket(name)
-    bucket = storage.Client(project="test", credentials=AnonymousCredentials()).bucket(name)
-    for split, path in splits.items():
-        bucket.blob(f"data/{split}.csv").upload_from_filename(str(path))
-    for f in ("config.json", "model.safetensors", "vocab.txt"):
-        bucket.blob(f"pretrained/{f}").upload_from_filename(str(tiny_bert / f))
-    gs = f"gs://{name}"
-    proc = run_trainer("--model", "bert", "--train-data", f"{gs}/data/train.csv", "--validation-data",
-                       f"{gs}/data/validation.csv", "--test-data", f"{gs}/data/test.csv", "--pretrained",
-                       f"{gs}/pretrained", "--output-dir", f"{gs}/model", "--checkpoint-dir", f"{gs}/checkpoints",
-                       "--epochs", "1", "--batch-size", "16", "--max-seq-len", "64", "--learning-rate", "5e-3",
-                       python=str(image_python), extra_env=_TF_ENV)
+    bucket, inputs = gcs_inputs
+    gs = f"gs://{bucket.name}"
+    proc = run_trainer("--model", "bert", *inputs, "--output-dir", f"{gs}/model", "--checkpoint-dir",
+                       f"{gs}/checkpoints", "--epochs", "1", "--batch-size", "16", "--max-seq-len", "64",
+                       "--learning-rate", "5e-3", python=str(image_python), extra_env=_TF_ENV)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     m = json.loads(bucket.blob("model/metrics.json").download_as_bytes())
     assert m["environment"]["backend"] == "tensorflow"
