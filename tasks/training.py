@@ -1,0 +1,57 @@
+"""The Prefect face of the Vertex job runner (tasks/vertex.py): the training task and the cancel paths of a run."""
+
+from __future__ import annotations
+
+from prefect import get_client, get_run_logger, task
+from prefect.runtime import flow_run as current_flow_run
+
+from tasks import vertex
+from tasks.config import PipelineConfig, parse_config
+
+
+@task(name="train-model", task_run_name="train-{model}")
+def train_model(
+    cfg: PipelineConfig,
+    model: str,
+    *,
+    package_uri: str,
+    data_uri: str,
+    output_uri: str,
+    run_key: str,
+    env: dict[str, str],
+) -> vertex.JobOutcome:
+    """One Vertex CustomJob for one model, watched to the end; `output_uri` is the model's folder in the layout."""
+    logger = get_run_logger()
+    return vertex.run_training_job(
+        cfg, model, package_uri=package_uri, data_uri=data_uri, output_uri=output_uri, run_key=run_key,
+        env=env, log=logger.info,
+    )  # fmt: skip
+
+
+def cancel_run_jobs(cfg: PipelineConfig, run_key: str) -> list[str]:
+    """Cancel every unfinished Vertex job of the run; returns their names."""
+    client = vertex.job_client(cfg)
+    return vertex.cancel_jobs(client, vertex.parent_of(cfg), {vertex.LABEL_RUN: vertex.label_value(run_key)})
+
+
+def cancel_vertex_jobs(flow, flow_run, state) -> None:
+    """on_cancellation hook (Prefect calls hooks with the keywords flow, flow_run, state): the Vertex jobs of this
+    run are cancelled too, not left burning GPU hours. A backstop for `cancel_if_run_cancelled`; idempotent."""
+    params = flow_run.parameters
+    cfg = parse_config(params["config"])
+    cancelled = cancel_run_jobs(cfg, params.get("run_key") or str(flow_run.id))
+    print(f"Cancelled Vertex jobs: {cancelled or 'none running'}")
+
+
+def cancel_if_run_cancelled(cfg: PipelineConfig, run_key: str) -> None:
+    """SIGTERM reached the flow process. Cancel the Vertex jobs only when the flow run is being cancelled: a worker
+    shutting down or a crash must leave them running, so that a rerun with the same run_key reattaches."""
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(current_flow_run.id).state
+    except Exception as exc:  # noqa: BLE001 - the on_cancellation hook is the backstop
+        print(f"Could not read the flow run state ({type(exc).__name__}); leaving the Vertex jobs to the hook")
+        return
+    if state is not None and (state.is_cancelling() or state.is_cancelled()):
+        cancelled = cancel_run_jobs(cfg, run_key)
+        print(f"Flow run cancelled: cancelled Vertex jobs {cancelled or 'none running'}")
