@@ -46,7 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.sample_data import write_phrasebank_sample  # noqa: E402
+from emulators.sample_data import write_phrasebank_sample  # noqa: E402
 
 PROJECT, REGION = "finsent-bench", "us-central1"
 SLEEP_SECONDS = 60.0

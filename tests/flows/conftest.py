@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sample_data import KAGGLE_CSV, write_phrasebank_sample
+from emulators.sample_data import KAGGLE_CSV, write_phrasebank_sample
 
 
 @pytest.fixture(scope="session")

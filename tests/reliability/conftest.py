@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sample_data import KAGGLE_CSV, write_phrasebank_sample
+from emulators.sample_data import KAGGLE_CSV, write_phrasebank_sample
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -23,7 +23,7 @@ from tasks import vertex
 from tasks.config import parse_config
 from tasks.errors import ConfigError, DataError
 from tests.reliability.conftest import lstm_config
-from tests.sample_data import make_zip
+from emulators.sample_data import make_zip
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sample_data import make_zip  # noqa: F401  (test_dataset imports it from here)
+from emulators.sample_data import make_zip  # noqa: F401  (test_dataset imports it from here)
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -1,4 +1,4 @@
-"""Fixtures for the trainer tests: a tiny HF-format BERT checkpoint, small CSV splits, a fake-gcs-server bucket."""
+"""Fixtures for the trainer tests: small CSV splits and a fake-gcs-server bucket (`tiny_bert` is tests/conftest.py's)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer_testkit import build_tiny_bert_checkpoint, make_sentences, write_csv
+from trainer_testkit import make_sentences, write_csv
 
 
 @pytest.fixture(scope="session")
@@ -18,11 +18,6 @@ def splits(tmp_path_factory) -> dict:
         "validation": write_csv(d / "validation.csv", make_sentences(45, 2)),
         "test": write_csv(d / "test.csv", make_sentences(60, 3)),
     }
-
-
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
-    return build_tiny_bert_checkpoint(tmp_path_factory.mktemp("tiny_bert"))
 
 
 @pytest.fixture()

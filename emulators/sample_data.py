@@ -1,4 +1,8 @@
-"""Small real samples of Financial PhraseBank for flow tests and benchmarks (read from ../shared, never committed)."""
+"""Small real samples of the shared financial-news data, for offline runs of the whole path (tests, benchmarks).
+
+Like the emulators, they stand in for what a real run reads from outside: the data stays in ../shared (its licence
+forbids committing it), and these helpers cut the few hundred sentences a flow test needs from it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import io
 import zipfile
 from pathlib import Path
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # ../shared/data beside the repo
 KAGGLE_CSV = SHARED_DATA / "financial_news_kaggle" / "all-data.csv"
 
 
