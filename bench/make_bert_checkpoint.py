@@ -1,6 +1,6 @@
 """Write a random-init, HF-format BERT checkpoint (config.json, model.safetensors, vocab.txt) for timing runs.
 
-Reuses tests/trainer/trainer_testkit.py's `build_tiny_bert_checkpoint` with BERT-base sizes (or a tiny config
+Uses emulators/bert_checkpoint.py's `build_tiny_bert_checkpoint` with BERT-base sizes (or a tiny config
 for CPU dry runs) and an existing 30,522-token uncased vocab. Needs only numpy, safetensors and tokenizers, so
 it runs on the GPU box without keras.
 
@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "trainer"))
+sys.path.insert(0, str(REPO))
 
-from trainer_testkit import build_tiny_bert_checkpoint  # noqa: E402
+from emulators.bert_checkpoint import build_tiny_bert_checkpoint  # noqa: E402
 
 BERT_BASE = dict(hidden=768, layers=12, heads=12, intermediate=3072, max_pos=512)
 TINY = dict(hidden=64, layers=2, heads=2, intermediate=128, max_pos=512)

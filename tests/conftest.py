@@ -83,7 +83,7 @@ def prefect_server():
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """A tiny HF-format BERT checkpoint (config.json, model.safetensors, vocab.txt) with random weights."""
-    from tests.trainer.trainer_testkit import build_tiny_bert_checkpoint
+    from emulators.bert_checkpoint import build_tiny_bert_checkpoint
 
     return build_tiny_bert_checkpoint(tmp_path_factory.mktemp("tiny_bert"))
 # ---- end shared builders ---------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def test_checkpoint_with_a_given_vocab(tiny_bert, tmp_path):
     import json
 
     from safetensors.numpy import load_file
-    from trainer_testkit import build_tiny_bert_checkpoint
+    from emulators.bert_checkpoint import build_tiny_bert_checkpoint
 
     vocab = (tiny_bert / "vocab.txt").read_text(encoding="utf-8").splitlines()
     given = tmp_path / "given_vocab.txt"
