@@ -74,7 +74,7 @@ def run_trainer(model: str, paths: dict, out: Path, extra: list) -> dict:
     cmd = [sys.executable, "-m", "trainer.task", "--model", model, "--train-data", str(paths["train"]),
            "--validation-data", str(paths["validation"]), "--test-data", str(paths["test"]),
            "--output-dir", str(out), *extra]
-    env = dict(os.environ, PYTHONPATH=str(REPO / "trainer" / "src"))
+    env = dict(os.environ)  # the trainer is installed (editable) in .venv
     env.setdefault("KERAS_BACKEND", "jax")
     env.setdefault("WANDB_MODE", "disabled")
     log_path = Path(tempfile.gettempdir()) / f"finsent-quality-{model}.log"  # follow progress with tail -f
