@@ -59,22 +59,38 @@ def wait_http_ready(url: str, proc: subprocess.Popen | None, timeout: float, wha
     raise RuntimeError(f"{what} was not ready at {url} after {timeout:.0f} s ({last_error})")
 
 
-def kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
-    """SIGTERM the process group led by `proc`, then SIGKILL it after `grace` seconds."""
-    if proc.poll() is not None:
-        _killpg_quiet(proc.pid, signal.SIGKILL)  # stray children of a dead leader
+def kill_group(leader: subprocess.Popen | int, grace: float = 5.0) -> None:
+    """SIGTERM the process group `leader` leads, wait up to `grace` s for the leader, then SIGKILL the group.
+
+    `leader` is a Popen of ours or the bare pid of a leader that is not our child (a replica left behind by an
+    emulator that restarted). A leader that has already exited gets only the SIGKILL, for its stray children.
+    """
+    popen = leader if isinstance(leader, subprocess.Popen) else None
+    pgid = popen.pid if popen is not None else leader
+    if popen is not None and popen.poll() is not None:
+        _killpg_quiet(pgid, signal.SIGKILL)
         return
-    _killpg_quiet(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    _killpg_quiet(proc.pid, signal.SIGKILL)
-    proc.wait()
+    if popen is not None:
+        _killpg_quiet(pgid, signal.SIGTERM)
+        try:
+            popen.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    elif _killpg_quiet(pgid, signal.SIGTERM):
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{pgid}"):
+            time.sleep(0.02)
+    else:
+        return  # no such group: nothing left to kill
+    _killpg_quiet(pgid, signal.SIGKILL)
+    if popen is not None:
+        popen.wait()
 
 
-def _killpg_quiet(pgid: int, sig: int) -> None:
+def _killpg_quiet(pgid: int, sig: int) -> bool:
+    """Send `sig` to the group; False when there is no such group (or it is not ours)."""
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
-        pass
+        return False
+    return True

@@ -1,4 +1,4 @@
-"""Domain errors raised by the emulator's backend; `routes.py` turns them into Google's JSON error envelope.
+"""Domain errors raised by the emulator's service and driver; `routes.py` turns them into Google's JSON error envelope.
 
 Each maps to a google.rpc.Code and an HTTP status the way Google APIs do, so the real client raises the matching
 `google.api_core.exceptions` class (InvalidArgument, NotFound, FailedPrecondition, ServiceUnavailable, ...).
@@ -45,10 +45,6 @@ class FailedPrecondition(ApiError):
 
 class NotFound(ApiError):
     http_status, status, rpc_code = 404, "NOT_FOUND", 5
-
-
-class Unimplemented(ApiError):
-    http_status, status, rpc_code = 501, "UNIMPLEMENTED", 12
 
 
 #: HTTP status -> google.rpc status name, for injected faults and anything else answered with a bare status.

@@ -79,7 +79,7 @@ class PreemptRule:
 
 
 class Faults:
-    """Thread-safe fault configuration shared by the routes (HTTP faults) and the backend (preemption)."""
+    """Thread-safe fault configuration shared by the routes (HTTP faults) and the job driver (preemption)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -1,4 +1,4 @@
-"""HTTP only: map Vertex v1 REST paths and the `/emulator/v1/` admin API to the backend, speak Google's JSON.
+"""HTTP only: map Vertex v1 REST paths and the `/emulator/v1/` admin API to the JobService, speak Google's JSON.
 
 Requests: `?$alt=json;enum-encoding=int` (the REST client's default): enums may arrive as integers or names,
 int64 as strings. Responses: enum NAMES, int64 as strings (the client parses both). Errors: the Google envelope
@@ -20,12 +20,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from emulators.vertex.backend import JobService
 from emulators.vertex.errors import ApiError, InvalidArgument, NotFound, error_body
 from emulators.vertex.faults import Faults
+from emulators.vertex.service import JobService
 
 _JOBS = r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/customJobs"
-#: (HTTP method, path regex under /v1/, API method name)
+#: (HTTP method, path regex under /v1/, API method name = the `_Handlers` method that serves it)
 API_ROUTES = [
     ("POST", re.compile(rf"^{_JOBS}$"), "create"),
     ("GET", re.compile(rf"^{_JOBS}$"), "list"),
@@ -74,82 +74,49 @@ def _check_alt(request: Request) -> None:
         raise InvalidArgument(f"Unsupported $alt={alt!r}: the emulator speaks JSON only.")
 
 
-def build_app(service: JobService, faults: Faults, request_log: RequestLog) -> Starlette:
-    """The ASGI app: Vertex v1 CustomJob routes plus the admin API."""
+class _Handlers:
+    """One handler per route. API handlers take the path's groups and the parsed body and return the JSON answer;
+    `api` around them parses, applies injected faults, turns ApiErrors into the error envelope and logs the call."""
 
-    def call_api(method: str, match: re.Match, request: Request, body: Any) -> dict:
-        g = match.groupdict()
-        name = f"projects/{g['project']}/locations/{g['location']}/customJobs/{g.get('job')}"
-        if method == "create":
-            return service.create(g["project"], g["location"], body).resource
-        if method == "get":
-            return service.get(name).resource
-        if method == "list":
-            q = request.query_params
-            try:
-                size = int(q["pageSize"]) if q.get("pageSize") else None
-            except ValueError:
-                raise InvalidArgument(f"Invalid pageSize {q['pageSize']!r}.") from None
-            jobs, token = service.list(g["project"], g["location"], q.get("filter"), size, q.get("pageToken"))
-            out: dict = {"customJobs": jobs}
-            if token:
-                out["nextPageToken"] = token
-            return out
-        if method == "cancel":
-            service.cancel(name)
-            return {}
-        if method == "delete":
-            return service.delete(name)
-        raise AssertionError(method)
+    def __init__(self, service: JobService, faults: Faults, request_log: RequestLog) -> None:
+        self.service = service
+        self.faults = faults
+        self.request_log = request_log
 
-    def serve_api(http_method: str, path: str, request: Request, raw: bytes) -> tuple[int, dict, dict]:
-        """Returns (status, body, log extras). Runs in a worker thread (faults may sleep)."""
-        for verb, pattern, method in API_ROUTES:
-            match = pattern.match(path)
-            if verb == http_method and match:
-                break
-        else:
-            raise NotFound(f"The requested URL /v1/{path} ({http_method}) was not found on this server.")
-        extras: dict = {"method": method}
-        _check_alt(request)
-        body: Any = None
-        if http_method == "POST":
-            try:
-                body = json.loads(raw) if raw.strip() else {}
-            except json.JSONDecodeError as exc:
-                raise InvalidArgument(f"Invalid JSON payload received. {exc}") from None
-        rule = faults.take(method)
-        if rule is not None:
-            extras["fault"] = {k: v for k, v in vars(rule).items() if k != "used"}
-            if rule.delay_seconds:
-                time.sleep(rule.delay_seconds)
-            if rule.status is not None:
-                message = rule.message or FAULT_MESSAGES.get(rule.status, f"Injected fault (HTTP {rule.status}).")
-                if rule.commit_then_drop:
-                    resource = call_api(method, match, request, body)
-                    record = service.store.get(resource["name"].rsplit("/", 1)[-1])
-                    if record is not None:
-                        record.create_response_dropped = True
-                        service.store.save(record)
-                    extras["job"] = resource["name"]
-                return rule.status, error_body(rule.status, message), extras
-        result = call_api(method, match, request, body)
-        if method == "create":
-            extras["job"] = result["name"]
-        elif "job" in match.groupdict():
-            extras["job"] = match.group(0).split(":")[0]
-        return 200, result, extras
+    # ---- Vertex v1 CustomJob API ------------------------------------------------------------------------------
 
-    async def api(request: Request) -> Response:
+    def create(self, path: dict, request: Request, body: Any) -> dict:
+        return self.service.create(path["project"], path["location"], body).resource
+
+    def list(self, path: dict, request: Request, body: Any) -> dict:
+        q = request.query_params
+        try:
+            size = int(q["pageSize"]) if q.get("pageSize") else None
+        except ValueError:
+            raise InvalidArgument(f"Invalid pageSize {q['pageSize']!r}.") from None
+        jobs, token = self.service.list(path["project"], path["location"], q.get("filter"), size, q.get("pageToken"))
+        return {"customJobs": jobs, **({"nextPageToken": token} if token else {})}
+
+    def get(self, path: dict, request: Request, body: Any) -> dict:
+        return self.service.get(_job_name(path)).resource
+
+    def cancel(self, path: dict, request: Request, body: Any) -> dict:
+        self.service.cancel(_job_name(path))
+        return {}
+
+    def delete(self, path: dict, request: Request, body: Any) -> dict:
+        return self.service.delete(_job_name(path))
+
+    async def api(self, request: Request) -> Response:
         started = time.monotonic()
         path = request.path_params["path"]
         raw = await request.body()
-        extras: dict = {"method": next((m for v, p, m in API_ROUTES if v == request.method and p.match(path)), None)}
+        extras: dict = {"method": _match_api_route(request.method, path)[0]}
         try:
-            status, body, extras = await run_in_threadpool(serve_api, request.method, path, request, raw)
+            status, body, extras = await run_in_threadpool(self._serve_api, request.method, path, request, raw)
         except ApiError as exc:
             status, body = exc.http_status, exc.to_json()
-        request_log.add({
+        self.request_log.add({
             "method": extras.get("method"),
             "http_method": request.method,
             "path": request.url.path,
@@ -161,64 +128,121 @@ def build_app(service: JobService, faults: Faults, request_log: RequestLog) -> S
         })
         return _json(body, status)
 
-    # ---- admin ------------------------------------------------------------------------------------------------
+    def _serve_api(self, http_method: str, path: str, request: Request, raw: bytes) -> tuple[int, dict, dict]:
+        """Returns (status, body, log extras). Runs in a worker thread (faults may sleep)."""
+        method, match = _match_api_route(http_method, path)
+        if match is None:
+            raise NotFound(f"The requested URL /v1/{path} ({http_method}) was not found on this server.")
+        handler = getattr(self, method)
+        groups = match.groupdict()
+        extras: dict = {"method": method}
+        _check_alt(request)
+        body: Any = None
+        if http_method == "POST":
+            try:
+                body = json.loads(raw) if raw.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise InvalidArgument(f"Invalid JSON payload received. {exc}") from None
+        rule = self.faults.take(method)
+        if rule is not None:
+            extras["fault"] = {k: v for k, v in vars(rule).items() if k != "used"}
+            if rule.delay_seconds:
+                time.sleep(rule.delay_seconds)
+            if rule.status is not None:
+                message = rule.message or FAULT_MESSAGES.get(rule.status, f"Injected fault (HTTP {rule.status}).")
+                if rule.commit_then_drop:
+                    resource = handler(groups, request, body)
+                    self.service.mark_create_response_dropped(resource["name"])
+                    extras["job"] = resource["name"]
+                return rule.status, error_body(rule.status, message), extras
+        result = handler(groups, request, body)
+        if method == "create":
+            extras["job"] = result["name"]
+        elif "job" in groups:
+            extras["job"] = match.group(0).split(":")[0]
+        return 200, result, extras
 
-    async def health(request: Request) -> Response:
+    # ---- admin API --------------------------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
         return _json({"status": "ok"})
 
-    async def faults_route(request: Request) -> Response:
-        if request.method == "GET":
-            return _json(faults.snapshot())
-        if request.method == "DELETE":
-            faults.clear()
-            return _json({})
+    async def show_faults(self, request: Request) -> Response:
+        return _json(self.faults.snapshot())
+
+    async def add_faults(self, request: Request) -> Response:
         try:
-            faults.configure(json.loads(await request.body() or b"{}"))
+            self.faults.configure(json.loads(await request.body() or b"{}"))
         except (ApiError, ValueError, TypeError) as exc:
             message = exc.message if isinstance(exc, ApiError) else str(exc)
             return _json(error_body(400, message), 400)
-        return _json(faults.snapshot())
+        return _json(self.faults.snapshot())
 
-    async def requests_route(request: Request) -> Response:
-        if request.method == "DELETE":
-            request_log.clear()
-            return _json({})
-        return _json({"requests": request_log.entries(request.query_params.get("method"))})
+    async def clear_faults(self, request: Request) -> Response:
+        self.faults.clear()
+        return _json({})
 
-    async def jobs_route(request: Request) -> Response:
-        return _json({"jobs": await run_in_threadpool(service.admin_jobs)})
+    async def show_requests(self, request: Request) -> Response:
+        return _json({"requests": self.request_log.entries(request.query_params.get("method"))})
 
-    async def job_route(request: Request) -> Response:
-        record = service.store.get(request.path_params["job_id"])
-        if record is None:
-            return _json(NotFound(f"No job with id {request.path_params['job_id']}.").to_json(), 404)
-        return _json(service.admin_view(record))
+    async def clear_requests(self, request: Request) -> Response:
+        self.request_log.clear()
+        return _json({})
 
-    async def log_route(request: Request) -> Response:
+    async def show_jobs(self, request: Request) -> Response:
+        return _json({"jobs": await run_in_threadpool(self.service.admin_jobs)})
+
+    async def show_job(self, request: Request) -> Response:
         try:
-            text = await run_in_threadpool(service.job_log, request.path_params["job_id"],
+            return _json(self.service.admin_job(request.path_params["job_id"]))
+        except ApiError as exc:
+            return _json(exc.to_json(), exc.http_status)
+
+    async def show_job_log(self, request: Request) -> Response:
+        try:
+            text = await run_in_threadpool(self.service.job_log, request.path_params["job_id"],
                                            request.query_params.get("replica"))
         except ApiError as exc:
             return _json(exc.to_json(), exc.http_status)
         return PlainTextResponse(text)
 
-    async def reset_route(request: Request) -> Response:
+    async def reset(self, request: Request) -> Response:
         raw = await request.body()
         options = json.loads(raw) if raw.strip() else {}
-        faults.clear()
-        request_log.clear()
+        self.faults.clear()
+        self.request_log.clear()
         if options.get("jobs"):
-            await run_in_threadpool(service.forget_all_jobs)
+            await run_in_threadpool(self.service.forget_all_jobs)
         return _json({})
 
-    routes = [
-        Route("/v1/{path:path}", api, methods=["GET", "POST", "DELETE", "PATCH"]),
-        Route("/emulator/v1/health", health, methods=["GET"]),
-        Route("/emulator/v1/faults", faults_route, methods=["GET", "POST", "DELETE"]),
-        Route("/emulator/v1/requests", requests_route, methods=["GET", "DELETE"]),
-        Route("/emulator/v1/jobs", jobs_route, methods=["GET"]),
-        Route("/emulator/v1/jobs/{job_id}", job_route, methods=["GET"]),
-        Route("/emulator/v1/jobs/{job_id}/log", log_route, methods=["GET"]),
-        Route("/emulator/v1/reset", reset_route, methods=["POST"]),
-    ]
-    return Starlette(routes=routes)
+
+def _job_name(path: dict) -> str:
+    return f"projects/{path['project']}/locations/{path['location']}/customJobs/{path['job']}"
+
+
+def _match_api_route(http_method: str, path: str) -> tuple[str | None, re.Match | None]:
+    """(API method name, match) of the route serving `http_method /v1/path`; (None, None) when there is none."""
+    for verb, pattern, method in API_ROUTES:
+        match = pattern.match(path)
+        if verb == http_method and match:
+            return method, match
+    return None, None
+
+
+def build_app(service: JobService, faults: Faults, request_log: RequestLog) -> Starlette:
+    """The ASGI app: Vertex v1 CustomJob routes plus the admin API."""
+    h = _Handlers(service, faults, request_log)
+    admin = "/emulator/v1"
+    return Starlette(routes=[
+        Route("/v1/{path:path}", h.api, methods=["GET", "POST", "DELETE", "PATCH"]),  # dispatched by API_ROUTES
+        Route(f"{admin}/health", h.health, methods=["GET"]),
+        Route(f"{admin}/faults", h.show_faults, methods=["GET"]),
+        Route(f"{admin}/faults", h.add_faults, methods=["POST"]),
+        Route(f"{admin}/faults", h.clear_faults, methods=["DELETE"]),
+        Route(f"{admin}/requests", h.show_requests, methods=["GET"]),
+        Route(f"{admin}/requests", h.clear_requests, methods=["DELETE"]),
+        Route(f"{admin}/jobs", h.show_jobs, methods=["GET"]),
+        Route(f"{admin}/jobs/{{job_id}}", h.show_job, methods=["GET"]),
+        Route(f"{admin}/jobs/{{job_id}}/log", h.show_job_log, methods=["GET"]),
+        Route(f"{admin}/reset", h.reset, methods=["POST"]),
+    ])

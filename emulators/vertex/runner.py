@@ -15,25 +15,24 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
 import threading
 import time
 import venv
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
+from trainer.errors import StorageError
+from trainer.storage import parse_gs_uri
+
+from emulators._proc import kill_group
 from emulators.vertex.errors import JobSetupError
 from emulators.vertex.spec import active_pools
 
 LogFn = Callable[[str], None]
-
-#: Host variables a replica inherits (a Vertex container starts from a clean environment plus the spec's env).
-BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "SSL_CERT_FILE",
-            "STORAGE_EMULATOR_HOST")
 
 
 def proc_start_ticks(pid: int) -> int | None:
@@ -43,27 +42,6 @@ def proc_start_ticks(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def kill_process_group(pgid: int, grace: float, leader: subprocess.Popen | None = None) -> None:
-    """SIGTERM the group, wait up to `grace` s for the leader, then SIGKILL whatever is left of the group."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if leader is not None and leader.poll() is not None:
-            break
-        if leader is None and proc_start_ticks(pgid) is None:
-            break
-        time.sleep(0.02)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    if leader is not None:
-        leader.wait()
 
 
 class ReplicaProcess(Protocol):
@@ -80,7 +58,6 @@ class Prepared:
 
     python: str
     workdir: Path
-    extra: dict = field(default_factory=dict)
 
 
 class Runner(Protocol):
@@ -103,7 +80,7 @@ class _Subprocess:
         return code
 
     def kill(self, grace: float) -> int:
-        kill_process_group(self.pid, grace, self.popen)
+        kill_group(self.popen, grace)
         return self.poll() or 0
 
 
@@ -149,9 +126,10 @@ class SubprocessRunner:
             return self._locks.setdefault(key, threading.Lock())
 
     def _download(self, uri: str, dest_dir: Path, index: int, log: LogFn) -> Path:
-        if not uri.startswith("gs://"):
-            raise JobSetupError(f"Package URI {uri} is not a gs:// URI.")
-        bucket_name, _, blob_name = uri[len("gs://"):].partition("/")
+        try:
+            bucket_name, blob_name = parse_gs_uri(uri)
+        except StorageError:
+            raise JobSetupError(f"Package URI {uri} is not a gs:// URI.") from None
         dest = dest_dir / f"{index}-{Path(blob_name).name}"
         log(f"Downloading {uri}")
         try:

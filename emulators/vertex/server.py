@@ -13,10 +13,12 @@ from pathlib import Path
 
 import uvicorn
 
-from emulators.vertex.backend import JobService
+from emulators.vertex.driver import JobDriver
 from emulators.vertex.faults import Faults
+from emulators.vertex.job_files import JobFiles
 from emulators.vertex.routes import RequestLog, build_app
 from emulators.vertex.runner import InstantRunner, SubprocessRunner
+from emulators.vertex.service import JobService
 from emulators.vertex.state import JobStore
 
 
@@ -57,10 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     base_url = f"http://{args.host}:{port}"
     runner = InstantRunner() if args.runner == "instant" else SubprocessRunner(data_dir, cache_venvs=not args.no_venv_cache)
     faults = Faults()
-    service = JobService(JobStore(args.state_dir), runner, faults, data_dir, base_url, tick=args.tick,
-                         kill_grace=args.kill_grace, max_running=args.max_running)
-    app = build_app(service, faults, RequestLog())
-    service.recover()
+    store, files = JobStore(args.state_dir), JobFiles(data_dir)
+    driver = JobDriver(store, runner, faults, files, base_url, tick=args.tick, kill_grace=args.kill_grace,
+                       max_running=args.max_running)
+    app = build_app(JobService(store, driver, files, base_url), faults, RequestLog())
+    driver.recover()
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False, lifespan="off",
                             timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
@@ -68,13 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.port_file).write_text(str(port))
     print(f"Vertex AI emulator listening on {base_url} (state: {args.state_dir or 'memory'})", flush=True)
     # uvicorn re-raises the signal that stopped it once it has shut down, which would kill this process before
-    # `service.shutdown()` reaps the replicas; with no-op handlers in place the re-raise is harmless.
+    # `driver.shutdown()` reaps the replicas; with no-op handlers in place the re-raise is harmless.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
     try:
         server.run(sockets=[sock])
     finally:
-        service.shutdown()
+        driver.shutdown()
         if tmp is not None:
             tmp.cleanup()
     return 0

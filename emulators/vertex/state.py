@@ -11,6 +11,8 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from trainer.storage import atomic_write_bytes
+
 
 class JobState(enum.IntEnum):
     """google.cloud.aiplatform.v1.JobState: the wire integers the REST client sends with enum-encoding=int."""
@@ -154,6 +156,4 @@ class JobStore:
             return
         with self._lock:
             path = self.state_dir / "jobs" / f"{record.job_id}.json"
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(record.to_json(), indent=1))
-            os.replace(tmp, path)
+            atomic_write_bytes(str(path), json.dumps(record.to_json(), indent=1).encode())
