@@ -21,17 +21,15 @@ def train_model(
     env: dict[str, str],
 ) -> vertex.JobOutcome:
     """One Vertex CustomJob for one model, watched to the end; `output_uri` is the model's folder in the layout."""
-    logger = get_run_logger()
-    return vertex.run_training_job(
-        cfg, model, package_uri=package_uri, data_uri=data_uri, output_uri=output_uri, run_key=run_key,
-        env=env, log=logger.info,
-    )  # fmt: skip
+    request = vertex.JobRequest(
+        model, package_uri=package_uri, data_uri=data_uri, output_uri=output_uri, run_key=run_key, env=env
+    )
+    return vertex.JobRunner(cfg, log=get_run_logger().info).run(request)
 
 
 def cancel_run_jobs(cfg: PipelineConfig, run_key: str) -> list[str]:
     """Cancel every unfinished Vertex job of the run; returns their names."""
-    client = vertex.job_client(cfg)
-    return vertex.cancel_jobs(client, vertex.parent_of(cfg), {vertex.LABEL_RUN: vertex.label_value(run_key)})
+    return vertex.JobRunner(cfg).cancel(vertex.run_labels(run_key))
 
 
 def cancel_vertex_jobs(flow, flow_run, state) -> None:

@@ -48,7 +48,7 @@ def rel_config(vertex_emulator, gcs_bucket, small_csv) -> dict:
 
 @pytest.fixture(scope="session")
 def staged(gcs_emulator, vertex_emulator, small_csv, tmp_path_factory) -> dict:
-    """Data and trainer sdist uploaded once to a session bucket, for task-level `run_training_job` tests."""
+    """Data and trainer sdist uploaded once to a session bucket, for task-level `JobRunner.run` tests."""
     from flows.train import TRAINER_DIR
     from tasks import gcs
     from tasks.config import parse_config, tf_version_of_image

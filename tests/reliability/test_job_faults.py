@@ -1,4 +1,4 @@
-"""Task level (`run_training_job`) against the Vertex emulator's fault injection, real tiny LSTM trainings:
+"""Task level (`JobRunner.run`) against the Vertex emulator's fault injection, real tiny LSTM trainings:
 API bursts, a create whose response is lost, spot preemption with and without restart, user errors."""
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ def _cfg(vertex_emulator, staged, **overrides):
 
 def _run(cfg, staged, run_key, lines, model="lstm", data_uri=None):
     output_uri = f"gs://{staged['bucket']}/rel/{run_key}/{model}"
-    outcome = vertex.run_training_job(
-        cfg, model, package_uri=staged["package_uri"], data_uri=data_uri or staged["data_uri"],
-        output_uri=output_uri, run_key=run_key, log=lines.append,
-    )
+    request = vertex.JobRequest(
+        model, package_uri=staged["package_uri"], data_uri=data_uri or staged["data_uri"], output_uri=output_uri,
+        run_key=run_key,
+    )  # fmt: skip
+    outcome = vertex.JobRunner(cfg, log=lines.append).run(request)
     return outcome, output_uri
 
 

@@ -1,4 +1,5 @@
-"""Pure parts of tasks/vertex.py: the CustomJob spec, the poll schedule and failure classification."""
+"""Pure parts of tasks/vertex.py: the CustomJob spec, the poll schedule, failure classification and the recovery
+policy (which failed jobs earn another attempt, how often, after how long)."""
 
 import copy
 
@@ -6,7 +7,9 @@ from google.cloud import aiplatform_v1
 
 from tasks.config import PollConfig, parse_config
 from tasks.errors import RetryableJobError
-from tasks.vertex import build_custom_job, classify_failure, poll_schedule
+from tasks.vertex import (
+    GiveUp, JobRequest, RecoveryPolicy, Resubmit, build_custom_job, classify_failure, poll_schedule,
+)
 
 CFG = parse_config(
     {
@@ -22,10 +25,11 @@ CFG = parse_config(
 
 def test_custom_job_spec_is_exactly_what_vertex_needs():
     before = copy.deepcopy(CFG.model_dump())
-    job = build_custom_job(
-        CFG, "lstm", package_uri="gs://b/pkg.tar.gz", data_uri="gs://b/data/abc", output_uri="gs://b/runs/r1/lstm",
+    request = JobRequest(
+        "lstm", package_uri="gs://b/pkg.tar.gz", data_uri="gs://b/data/abc", output_uri="gs://b/runs/r1/lstm",
         run_key="R1",
     )  # fmt: skip
+    job = build_custom_job(CFG, request)
     assert CFG.model_dump() == before, "building a spec must not change the config"
     assert job == {
         "display_name": "finsent-lstm-r1-a1",
@@ -84,16 +88,48 @@ def test_poll_schedule_is_fast_early_and_cheap_for_long_jobs():
     assert poll_schedule(PollConfig(), job_seconds=20)[0] >= 15, "a short job is watched every second"
 
 
-def _failed(message, code=3):
+def _ended(state, message="", code=0):
     return aiplatform_v1.CustomJob(
-        name="projects/p/locations/us-central1/customJobs/1",
-        state=aiplatform_v1.JobState.JOB_STATE_FAILED,
-        error={"code": code, "message": message},
+        name="projects/p/locations/us-central1/customJobs/1", state=state, error={"code": code, "message": message}
     )
 
 
+def _failed(message, code=3):
+    return _ended(aiplatform_v1.JobState.JOB_STATE_FAILED, message, code)
+
+
+PREEMPTED = _failed("The replica workerpool0-0 was preempted", code=14)
+STOCKOUT = _failed("Resources are insufficient in zone us-central1-a")
+USER_ERROR = _failed("The replica workerpool0-0 exited with a non-zero status of 1.\nKeyError: x")
+
+
 def test_preemption_is_retryable_and_user_errors_are_not():
-    assert isinstance(classify_failure(_failed("The replica workerpool0-0 was preempted", code=14)), RetryableJobError)
-    user = classify_failure(_failed("The replica workerpool0-0 exited with a non-zero status of 1.\nKeyError: x"))
+    assert isinstance(classify_failure(PREEMPTED), RetryableJobError)
+    user = classify_failure(USER_ERROR)
     assert not isinstance(user, RetryableJobError)
     assert "non-zero status of 1" in str(user) and user.log_tail == "KeyError: x"
+
+
+def test_infrastructure_failures_are_resubmitted_at_once_up_to_max_infra_retries():
+    policy = RecoveryPolicy.for_config(CFG.model_copy(update={"max_infra_retries": 2}))
+    for failed in (PREEMPTED, STOCKOUT):
+        decisions = [policy.decide(failed, attempt) for attempt in (1, 2, 3)]
+        assert [type(d) for d in decisions] == [Resubmit, Resubmit, GiveUp], "first try + 2 resubmits, then stop"
+        assert [d.after_seconds for d in decisions[:2]] == [0.0, 0.0], "today a resubmit goes out at once"
+        assert isinstance(decisions[2].error, RetryableJobError) and "ended JOB_STATE_FAILED" in str(decisions[2].error)
+
+
+def test_user_errors_and_endings_other_than_failed_are_never_resubmitted():
+    policy = RecoveryPolicy(max_resubmits=5)
+    user = policy.decide(USER_ERROR, 1)
+    assert isinstance(user, GiveUp) and not isinstance(user.error, RetryableJobError)
+    assert user.error.log_tail == "KeyError: x", "the job's log tail reaches the person reading the error"
+    for state in ("JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"):  # even with Vertex's capacity words in the message
+        decision = policy.decide(_ended(aiplatform_v1.JobState[state], "preempted", code=14), 1)
+        assert isinstance(decision, GiveUp) and decision.error.state == state
+    assert isinstance(RecoveryPolicy(max_resubmits=0).decide(PREEMPTED, 1), GiveUp), "max_infra_retries=0: no resubmit"
+
+
+def test_backoff_grows_between_resubmits_and_is_capped():
+    policy = RecoveryPolicy(max_resubmits=4, backoff_initial_seconds=10, backoff_multiplier=3, backoff_max_seconds=60)
+    assert [policy.decide(PREEMPTED, attempt).after_seconds for attempt in (1, 2, 3, 4)] == [10, 30, 60, 60]

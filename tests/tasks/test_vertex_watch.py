@@ -1,15 +1,26 @@
-"""tasks/vertex.py against the Vertex emulator through the real REST client: idempotent submit, the watch."""
+"""tasks/vertex.py against the Vertex emulator through the real REST client: idempotent submit, the watch, and the
+one retry of list, create and cancel against injected 503/429 bursts."""
 
 from __future__ import annotations
 
 import uuid
 
 import pytest
+from google.api_core import exceptions as gexc
 from google.cloud import storage
 
 from tasks import vertex
-from tasks.config import PollConfig, parse_config
+from tasks.config import parse_config
+from tasks.errors import JobSubmitError
 from tests.emulators.emujob_sdist import build_sdist
+
+
+# The runner's retry with waits of a few milliseconds: the same predicate and loop, without the real backoff.
+QUICK_RETRY = vertex.TRANSIENT_RETRY.with_delay(initial=0.01, maximum=0.05)
+
+
+def _statuses(admin, method):
+    return [r["status"] for r in admin.requests(method)]
 
 
 @pytest.fixture
@@ -18,32 +29,78 @@ def sleeper_job(gcs_emulator, gcs_bucket, vertex_emulator):
     storage.Client(project="t").bucket(gcs_bucket).blob("pkg/emujob-0.1.0.tar.gz").upload_from_string(build_sdist())
     cfg = parse_config(
         {"project": "finsent-test", "bucket": gcs_bucket, "vertex_endpoint": vertex_emulator.endpoint,
-         "anonymous_credentials": True, "machine_type": "n1-standard-4"}
+         "anonymous_credentials": True, "machine_type": "n1-standard-4",
+         "poll": {"initial_seconds": 0.2, "fast_phase_max_seconds": 0.5}}
     )  # fmt: skip
-    job = vertex.build_custom_job(
-        cfg, "lstm", package_uri=f"gs://{gcs_bucket}/pkg/emujob-0.1.0.tar.gz", data_uri=f"gs://{gcs_bucket}/d",
+    request = vertex.JobRequest(
+        "lstm", package_uri=f"gs://{gcs_bucket}/pkg/emujob-0.1.0.tar.gz", data_uri=f"gs://{gcs_bucket}/d",
         output_uri=f"gs://{gcs_bucket}/out", run_key=uuid.uuid4().hex,
     )  # fmt: skip
+    job = vertex.build_custom_job(cfg, request)
     pool = job["job_spec"]["worker_pool_specs"][0]["python_package_spec"]
     pool |= {"python_module": "emujob.sleep", "args": ["3"]}
     return cfg, job
 
 
-def test_submit_twice_creates_one_job_and_the_watch_reports_progress(sleeper_job, vertex_admin):
+def test_submit_twice_creates_one_job_and_the_watch_reports_progress_through_transient_errors(
+    sleeper_job, vertex_admin
+):
     cfg, spec = sleeper_job
-    client = vertex.job_client(cfg)
-    first = vertex.submit_job(client, vertex.parent_of(cfg), spec)
-    again = vertex.submit_job(client, vertex.parent_of(cfg), spec)  # e.g. a retried task or a rerun after a crash
+    runner = vertex.JobRunner(cfg)
+    first = runner.submit(spec)
+    again = runner.submit(spec)  # e.g. a retried task or a rerun after a crash
     assert again.name == first.name
     assert len(vertex_admin.requests("create")) == 1
 
+    vertex_admin.set_faults([{"method": "get", "status": 503, "times": 2}, {"method": "get", "status": 429}])
     updates: list[tuple[str, float]] = []
-    done = vertex.wait_for_job(
-        client, first.name, PollConfig(initial_seconds=0.2, fast_phase_max_seconds=0.5), timeout_seconds=60,
+    done = runner.watch(
+        first.name, timeout_seconds=60, heartbeat_seconds=1.0,
         on_update=lambda job, elapsed: updates.append((vertex.JobState(job.state).name, elapsed)),
-        heartbeat_seconds=1.0,
     )  # fmt: skip
     assert vertex.JobState(done.state).name == "JOB_STATE_SUCCEEDED"
+    assert _statuses(vertex_admin, "get")[:4] == [503, 503, 429, 200], "a transient error only delays the watch"
     states = [state for state, _ in updates]
     assert states[-1] == "JOB_STATE_SUCCEEDED"
     assert states.count("JOB_STATE_RUNNING") >= 2, f"no heartbeat while RUNNING: {updates}"
+
+
+def test_list_and_cancel_ride_out_503_and_429(sleeper_job, vertex_admin):
+    cfg, spec = sleeper_job
+    runner = vertex.JobRunner(cfg, retry=QUICK_RETRY)
+    job = runner.submit(spec)
+    vertex_admin.clear_requests()
+    vertex_admin.set_faults([
+        {"method": "list", "status": 503, "times": 2},
+        {"method": "list", "status": 429, "times": 1},
+        {"method": "cancel", "status": 503, "times": 1},
+        {"method": "cancel", "status": 429, "times": 1},
+    ])  # fmt: skip
+    assert runner.cancel(spec["labels"]) == [job.name]
+    assert _statuses(vertex_admin, "list") == [503, 503, 429, 200]
+    assert _statuses(vertex_admin, "cancel") == [503, 429, 200], "the cancel reached Vertex: no GPU job left running"
+    assert vertex_admin.job(job.name)["state"] in ("JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED")
+
+
+def test_the_retry_gives_up_at_its_deadline_and_never_retries_a_refusal(sleeper_job, vertex_admin):
+    cfg, spec = sleeper_job
+    vertex_admin.set_faults([{"method": "list", "status": 503, "times": 0}])  # down for good
+    with pytest.raises(gexc.RetryError):
+        vertex.JobRunner(cfg, retry=QUICK_RETRY.with_timeout(0.5)).find(spec["labels"])
+    assert len(_statuses(vertex_admin, "list")) > 2
+    vertex_admin.reset()
+    vertex_admin.set_faults([{"method": "list", "status": 403, "times": 1}])
+    with pytest.raises(gexc.Forbidden):  # REST maps 403 to Forbidden
+        vertex.JobRunner(cfg, retry=QUICK_RETRY).find(spec["labels"])
+    assert _statuses(vertex_admin, "list") == [403], "a permission error is final: asked once"
+
+
+def test_create_that_keeps_failing_is_a_submit_error_and_creates_nothing(sleeper_job, vertex_admin):
+    cfg, spec = sleeper_job
+    vertex_admin.set_faults([{"method": "create", "status": 503, "times": 0}])
+    with pytest.raises(JobSubmitError, match="could not create"):
+        vertex.JobRunner(cfg, retry=QUICK_RETRY.with_timeout(0.5)).submit(spec)
+    creates, lists = _statuses(vertex_admin, "create"), _statuses(vertex_admin, "list")
+    assert len(creates) > 1 and set(creates) == {503}
+    assert len(lists) == len(creates), "every create, first and again, is preceded by a look for the job"
+    assert not [j for j in vertex_admin.jobs() if j.get("labels") == spec["labels"]], "no job behind the 503s"
