@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tasks.catalog import FLEX_START_GPUS, TRAINING_REGIONS, gpus_for_machine, machine_family
+
 ModelName = Literal["bert", "lstm"]
 LABELS = ("negative", "neutral", "positive")
 
@@ -19,57 +21,6 @@ DEFAULT_DATA_URI = (
     "https://huggingface.co/datasets/takala/financial_phrasebank/resolve/main/data/FinancialPhraseBank-v1.0.zip"
 )
 DEFAULT_EXECUTOR_IMAGE = "us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest"
-
-# Regions where Vertex AI custom training runs (cloud.google.com/vertex-ai/docs/general/locations).
-VERTEX_TRAINING_REGIONS = frozenset(
-    {
-        "us-central1", "us-east1", "us-east4", "us-east5", "us-south1", "us-west1", "us-west2", "us-west3",
-        "us-west4", "northamerica-northeast1", "northamerica-northeast2", "southamerica-east1",
-        "southamerica-west1", "europe-central2", "europe-north1", "europe-southwest1", "europe-west1",
-        "europe-west2", "europe-west3", "europe-west4", "europe-west6", "europe-west8", "europe-west9",
-        "europe-west12", "me-central1", "me-central2", "me-west1", "asia-east1", "asia-east2",
-        "asia-northeast1", "asia-northeast2", "asia-northeast3", "asia-south1", "asia-southeast1",
-        "asia-southeast2", "australia-southeast1", "australia-southeast2", "africa-south1",
-    }
-)  # fmt: skip
-
-# Which GPUs each machine family takes, and the counts allowed (compute engine GPU platform table).
-# For the accelerator-optimized families the count is fixed by the machine type's suffix (e.g. a2-highgpu-2g -> 2).
-GPUS_BY_MACHINE_FAMILY: dict[str, dict[str, tuple[int, ...]]] = {
-    "n1": {
-        "NVIDIA_TESLA_T4": (1, 2, 4),
-        "NVIDIA_TESLA_V100": (1, 2, 4, 8),
-        "NVIDIA_TESLA_P100": (1, 2, 4),
-        "NVIDIA_TESLA_P4": (1, 2, 4),
-    },
-    "a2-highgpu": {"NVIDIA_TESLA_A100": (1, 2, 4, 8)},
-    "a2-megagpu": {"NVIDIA_TESLA_A100": (16,)},
-    "a2-ultragpu": {"NVIDIA_A100_80GB": (1, 2, 4, 8)},
-    "g2-standard": {"NVIDIA_L4": (1, 2, 4, 8)},
-    "a3-highgpu": {"NVIDIA_H100_80GB": (1, 2, 4, 8)},
-    "a3-megagpu": {"NVIDIA_H100_MEGA_80GB": (8,)},
-    "a3-ultragpu": {"NVIDIA_H200_141GB": (8,)},
-}
-FLEX_START_GPUS = frozenset(
-    {"NVIDIA_L4", "NVIDIA_TESLA_A100", "NVIDIA_A100_80GB", "NVIDIA_H100_80GB", "NVIDIA_H100_MEGA_80GB", "NVIDIA_H200_141GB"}
-)
-_G2_GPUS = {"4": 1, "8": 1, "12": 1, "16": 1, "32": 1, "24": 2, "48": 4, "96": 8}
-
-
-def machine_family(machine_type: str) -> str:
-    """'n1-standard-8' -> 'n1', 'a2-highgpu-2g' -> 'a2-highgpu'."""
-    return "n1" if machine_type.startswith("n1-") else machine_type.rsplit("-", 1)[0]
-
-
-def _fixed_gpu_count(machine_type: str) -> int | None:
-    """GPU count implied by an accelerator-optimized machine type, None where the user chooses."""
-    suffix = machine_type.rsplit("-", 1)[-1]
-    if machine_type.startswith("g2-standard-"):
-        return _G2_GPUS.get(suffix)
-    if re.fullmatch(r"\d+g", suffix) and not machine_type.startswith("n1-"):
-        return int(suffix[:-1])
-    return None
-
 
 def tf_version_of_image(executor_image_uri: str) -> str | None:
     """'.../tf-gpu.2-17.py310:latest' -> '2.17'; None for an image that is not a prebuilt TensorFlow one."""
@@ -219,8 +170,8 @@ class PipelineConfig(_Strict):
     @field_validator("region")
     @classmethod
     def _known_region(cls, region: str) -> str:
-        if region not in VERTEX_TRAINING_REGIONS:
-            close = sorted(r for r in VERTEX_TRAINING_REGIONS if r[:6] == region[:6])[:3]
+        if region not in TRAINING_REGIONS:
+            close = sorted(r for r in TRAINING_REGIONS if r[:6] == region[:6])[:3]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"region {region!r} does not offer Vertex AI training{hint}")
         return region
@@ -243,30 +194,29 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _machine_and_gpu_fit(self) -> PipelineConfig:
-        family = machine_family(self.machine_type)
-        offered = GPUS_BY_MACHINE_FAMILY.get(family)
+        offered, gpu_required = gpus_for_machine(self.machine_type)
         gpu = self.accelerator_type
         if gpu and self.accelerator_count == 0:
             raise ValueError(f"accelerator_type {gpu} needs accelerator_count >= 1")
         if self.accelerator_count and not gpu:
             raise ValueError(f"accelerator_count {self.accelerator_count} needs an accelerator_type")
         if gpu:
-            if offered is None or gpu not in offered:
+            if gpu not in offered:
                 choices = ", ".join(sorted(offered)) if offered else "none"
                 raise ValueError(
-                    f"{gpu} is not offered on machine type {self.machine_type} (GPUs for {family}: {choices})"
+                    f"{gpu} is not offered on machine type {self.machine_type} "
+                    f"(GPUs for {machine_family(self.machine_type)}: {choices})"
                 )
-            fixed = _fixed_gpu_count(self.machine_type)
-            allowed = (fixed,) if fixed else offered[gpu]
+            allowed = offered[gpu]
             if self.accelerator_count not in allowed:
                 raise ValueError(
                     f"{self.machine_type} takes {' or '.join(map(str, allowed))} x {gpu}, "
                     f"not {self.accelerator_count}"
                 )
-        elif offered is not None and family != "n1":
+        elif gpu_required:
             raise ValueError(f"machine type {self.machine_type} comes with GPUs: set accelerator_type")
         if self.scheduling_strategy == "FLEX_START" and gpu not in FLEX_START_GPUS:
-            raise ValueError(f"FLEX_START does not offer {gpu}; use SPOT or STANDARD, or an L4/A100/H100/H200")
+            raise ValueError(f"FLEX_START does not offer {gpu}; use SPOT or STANDARD, or an L4/A100/H100/H200/B200")
         for name in self.models:
             if name not in self.params:
                 raise ValueError(f"no hyper-parameters in params for model {name!r}")

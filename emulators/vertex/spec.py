@@ -8,14 +8,15 @@ from __future__ import annotations
 import copy
 import re
 
-from emulators.vertex.catalog import (
+from tasks.catalog import (
     ACCELERATOR_TYPES,
-    FLEX_START_ACCELERATORS,
-    LOCATIONS,
+    FLEX_START_GPUS,
     MACHINE_TYPE_RE,
     SCHEDULING_STRATEGIES,
-    accelerator_offer,
+    TRAINING_REGIONS,
+    gpus_for_machine,
 )
+
 from emulators.vertex.errors import InvalidArgument, bad_request_details
 
 #: CustomJob fields the server owns; a client that sends them is ignored, as the real API does.
@@ -104,7 +105,7 @@ def parse_duration(value: str) -> float:
 def validate_custom_job(job: dict, location: str) -> None:
     """Raise InvalidArgument listing every problem, in Vertex's "List of found errors" format."""
     errors: list[tuple[str, str]] = []
-    if location not in LOCATIONS:
+    if location not in TRAINING_REGIONS:
         raise InvalidArgument(
             f"Location {location!r} is not a supported Vertex AI location for CustomJobs "
             f"(e.g. us-central1, europe-west4). Check the region in the parent resource name."
@@ -158,7 +159,7 @@ def _pool_errors(i: int, pool: dict, strategy: str | None) -> list[tuple[str, st
     elif not MACHINE_TYPE_RE.match(machine_type):
         errors.append((f"{p}.machine_spec.machine_type", f"Machine type \"{machine_type}\" is not supported."))
     else:
-        offered, required = accelerator_offer(machine_type)
+        offered, required = gpus_for_machine(machine_type)
         if accel and not accel_count:
             errors.append((f"{p}.machine_spec.accelerator_count",
                            f"Accelerator count must be set and greater than 0 when accelerator type {accel} is set."))
@@ -179,10 +180,10 @@ def _pool_errors(i: int, pool: dict, strategy: str | None) -> list[tuple[str, st
             want = ", ".join(sorted(offered))
             errors.append((f"{p}.machine_spec.accelerator_type",
                            f"Machine type \"{machine_type}\" requires accelerator type {want}."))
-    if strategy == "FLEX_START" and accel not in FLEX_START_ACCELERATORS:
+    if strategy == "FLEX_START" and accel not in FLEX_START_GPUS:
         errors.append(("custom_job.job_spec.scheduling.strategy",
                        f"FLEX_START is not supported for accelerator {accel or 'none'} in worker pool {i}. "
-                       f"Supported accelerators: {', '.join(sorted(FLEX_START_ACCELERATORS))}."))
+                       f"Supported accelerators: {', '.join(sorted(FLEX_START_GPUS))}."))
     python_spec, container = pool.get("pythonPackageSpec"), pool.get("containerSpec")
     if bool(python_spec) == bool(container):
         errors.append((f"{p}", "Exactly one of python_package_spec or container_spec must be set."))
