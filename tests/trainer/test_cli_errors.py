@@ -51,10 +51,13 @@ class TestBadInput:
         _assert_one_line_error(proc, "is not a directory")
 
     @pytest.mark.parametrize("extra,needle", [
-        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--epochs", "0"], "--epochs must be in [1, 100], got 0"),
+        (["--patience", "0"], "--patience must be >= 1, got 0"),
+        (["--warmup-ratio", "0.1"], "--warmup-ratio applies to bert only, not lstm"),
+        (["--pooling", "mean"], "--pooling applies to bert only, not lstm"),
         (["--model", "gpt"], "invalid choice: 'gpt'"),
         (["--precision", "fp8"], "--precision"),
-        (["--lstm-embeddings", "frozen"], "--lstm-embeddings frozen needs --pretrained"),
+        (["--pretrained", "none", "--lstm-embeddings", "frozen"], "--lstm-embeddings frozen needs --pretrained"),
         (["--class-weights", "inverse"], "--class-weights"),
         (["--buckets", "32,200"], "--buckets 32,200: every length must be in [1, --max-seq-len"),
         (["--buckets", "short"], "--buckets must be 'auto' or comma-separated integers"),
@@ -62,6 +65,10 @@ class TestBadInput:
     def test_bad_flags(self, splits, tmp_path, extra, needle):
         proc = run_trainer(*base_args(splits, tmp_path / "out", "lstm"), *extra)
         _assert_one_line_error(proc, needle)
+
+    def test_bert_without_checkpoint(self, splits, tmp_path):
+        proc = run_trainer(*base_args(splits, tmp_path / "out", "bert", "--pretrained", "none"))
+        _assert_one_line_error(proc, "bert needs --pretrained")
 
     def test_missing_output_dir(self, splits, tmp_path):
         args = base_args(splits, tmp_path / "out", "lstm")

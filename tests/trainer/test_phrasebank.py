@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from trainer_testkit import REPO, run_trainer
+from trainer_testkit import LSTM_FROM_SCRATCH, REPO, run_trainer
 
 ZIP = REPO.parent / "shared" / "data" / "financial_phrasebank" / "FinancialPhraseBank-v1.0.zip"
 
@@ -35,7 +35,8 @@ def test_lstm_on_phrasebank_reaches_floor(tmp_path):
     out = tmp_path / "out"
     proc = run_trainer("--model", "lstm", "--train-data", str(paths["train"]), "--validation-data",
                        str(paths["validation"]), "--test-data", str(paths["test"]), "--output-dir", str(out),
-                       "--epochs", "6", "--patience", "2", timeout=600)
+                       "--epochs", "6", "--patience", "2", "--class-weights", "balanced", *LSTM_FROM_SCRATCH,
+                       timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     m = json.loads((out / "metrics.json").read_text())
     majority = max(sum(r[1] == c for r in parts["test"]) for c in ("negative", "neutral", "positive"))

@@ -6,15 +6,14 @@ import json
 import numpy as np
 import pytest
 
-from trainer_testkit import base_args, check_metrics_shape, reload_and_score, run_trainer
+from trainer_testkit import LSTM_FROM_SCRATCH, base_args, check_metrics_shape, reload_and_score, run_trainer
 
 
 @pytest.mark.parametrize("model", ["bert", "lstm"])
 def test_train_export_reload(model, splits, tiny_bert, tmp_path):
     out = tmp_path / "out"
     extra = ["--epochs", "2", "--learning-rate", "5e-3"]
-    if model == "bert":
-        extra += ["--pretrained", str(tiny_bert)]
+    extra += ["--pretrained", str(tiny_bert)] if model == "bert" else LSTM_FROM_SCRATCH
     proc = run_trainer(*base_args(splits, out, model, *extra))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     assert proc.stderr.strip() == ""  or "error" not in proc.stderr
@@ -38,7 +37,7 @@ def test_lstm_learns_the_synthetic_task(splits, tmp_path):
     """Also with every batch padded to one length (--buckets = --max-seq-len 64: one XLA compilation per step
     function)."""
     out = tmp_path / "out"
-    proc = run_trainer(*base_args(splits, out, "lstm", "--epochs", "4", "--buckets", "64"))
+    proc = run_trainer(*base_args(splits, out, "lstm", *LSTM_FROM_SCRATCH, "--epochs", "4", "--buckets", "64"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["test"]["accuracy"] >= 0.8, m["test"]
@@ -70,7 +69,8 @@ def test_lstm_on_frozen_pretrained_embeddings(splits, tiny_bert, tmp_path):
 
 def test_resume_after_kill_trains_no_epoch_twice(splits, tmp_path):
     out, ck = tmp_path / "out", tmp_path / "ck"
-    args = base_args(splits, out, "lstm", "--epochs", "3", "--patience", "5", "--checkpoint-dir", str(ck))
+    args = base_args(splits, out, "lstm", *LSTM_FROM_SCRATCH, "--epochs", "3", "--patience", "5",
+                     "--checkpoint-dir", str(ck))
 
     killed = run_trainer(*args, "--stop-after-epochs", "1")
     assert killed.returncode == 75, killed.stdout[-3000:] + killed.stderr
@@ -104,9 +104,9 @@ def test_resume_after_kill_trains_no_epoch_twice(splits, tmp_path):
 
 def test_checkpoint_from_other_settings_is_refused(splits, tmp_path):
     ck = tmp_path / "ck"
-    first = run_trainer(*base_args(splits, tmp_path / "o1", "lstm", "--epochs", "1", "--checkpoint-dir", str(ck)))
+    args = ("--epochs", "1", "--checkpoint-dir", str(ck), *LSTM_FROM_SCRATCH)
+    first = run_trainer(*base_args(splits, tmp_path / "o1", "lstm", *args))
     assert first.returncode == 0, first.stderr
-    other = run_trainer(*base_args(splits, tmp_path / "o2", "lstm", "--epochs", "1", "--checkpoint-dir", str(ck),
-                                   "--lstm-units", "8"))
+    other = run_trainer(*base_args(splits, tmp_path / "o2", "lstm", *args, "--lstm-units", "8"))
     assert other.returncode == 2
     assert "holds a run with different settings" in other.stderr

@@ -55,6 +55,11 @@ def run_trainer(*args: str, timeout: int = 300, extra_env: dict = None,
                           env=env, cwd=str(REPO))
 
 
+# The BiLSTM with no checkpoint: a WordPiece vocab trained on the training split, embeddings learned from scratch
+# (its defaults are the BERT checkpoint's frozen word-piece vectors, which the tests would download).
+LSTM_FROM_SCRATCH = ("--pretrained", "none", "--lstm-embeddings", "learned")
+
+
 def base_args(splits: dict, out: Path, model: str, *extra: str) -> list:
     return ["--model", model, "--train-data", str(splits["train"]), "--validation-data", str(splits["validation"]),
             "--test-data", str(splits["test"]), "--output-dir", str(out), "--batch-size", "16",

@@ -26,3 +26,9 @@ class StorageError(TrainerError):
 
 class CheckpointError(TrainerError):
     pass
+
+
+def describe(exc: BaseException) -> str:
+    """`TypeName: first line of its message`: how an underlying error is quoted inside a one-line message."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
