@@ -1,12 +1,13 @@
-"""Model builders: keras-hub BERT classifier from an HF-format checkpoint, and a plain-Keras BiLSTM.
+"""Model builders: a BERT classifier on a keras-hub backbone from an HF-format checkpoint, and a plain-Keras BiLSTM.
 
-Only BertBackbone.from_preset / BertTextClassifier and basic layers are used, so the code works with
+Of keras-hub only BertBackbone.from_preset is used (the head is plain Keras layers), so the code works with
 keras-hub 0.25.1 (Python 3.10 images) and 0.32.0.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from typing import Optional
@@ -14,7 +15,9 @@ from typing import Optional
 import keras
 import numpy as np
 
-from trainer.errors import CheckpointError
+from trainer.errors import CheckpointError, describe
+
+log = logging.getLogger(__name__)
 
 
 def build_bert(checkpoint_dir: str, num_classes: int, dropout: float, max_seq_len: int,
@@ -28,23 +31,23 @@ def build_bert(checkpoint_dir: str, num_classes: int, dropout: float, max_seq_le
     if max_seq_len > max_pos:
         raise CheckpointError(f"--max-seq-len {max_seq_len} exceeds the checkpoint's max_position_embeddings "
                               f"({max_pos})")
+    from safetensors import SafetensorError
+
+    # max_sequence_length: keras-hub 0.25.1 ignores the checkpoint's max_position_embeddings (always 512).
     try:
-        backbone = keras_hub.models.BertBackbone.from_preset(checkpoint_dir)
-    except Exception as first_exc:
-        # keras-hub 0.25.1 (the last release for Python 3.10) only reads the original BERT names
-        # ("bert." prefix, LayerNorm gamma/beta); newer HF exports use LayerNorm weight/bias and no prefix.
-        # It also ignores max_position_embeddings (always 512), hence max_sequence_length.
+        backbone = keras_hub.models.BertBackbone.from_preset(checkpoint_dir, max_sequence_length=max_pos)
+    except SafetensorError as exc:
+        # A weight name this keras-hub does not know: 0.25.1 (the last release for Python 3.10) only reads the
+        # original BERT names ("bert." prefix, LayerNorm gamma/beta); newer HF exports use LayerNorm weight/bias
+        # and no prefix. Any other error is not a naming problem and goes up unchanged.
+        log.info("keras-hub cannot read %s as is (%s); retrying with the original BERT weight names",
+                 checkpoint_dir, describe(exc))
+        renamed = normalize_bert_checkpoint(checkpoint_dir, os.path.join(work_dir or checkpoint_dir, "normalized"))
         try:
-            backbone = keras_hub.models.BertBackbone.from_preset(
-                normalize_bert_checkpoint(checkpoint_dir, os.path.join(work_dir or checkpoint_dir, "normalized")),
-                max_sequence_length=max_pos)
-        except Exception as second_exc:
-            exc = first_exc
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            second = str(second_exc).splitlines()[0] if str(second_exc) else ""
-            raise CheckpointError(
-                f"cannot load BERT checkpoint {checkpoint_dir}: {type(exc).__name__}: {first} (with renamed "
-                f"weights: {type(second_exc).__name__}: {second})") from exc
+            backbone = keras_hub.models.BertBackbone.from_preset(renamed, max_sequence_length=max_pos)
+        except SafetensorError as second:
+            raise CheckpointError(f"cannot load BERT checkpoint {checkpoint_dir}: {describe(exc)} (with the "
+                                  f"original BERT weight names: {describe(second)})") from exc
     # A plain functional model rather than keras_hub's BertTextClassifier: the latter is a PipelineModel
     # whose fit() routes numpy batches through grain/tf.data, which a TF-free JAX install does not have.
     inputs = {

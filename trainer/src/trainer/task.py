@@ -26,7 +26,7 @@ from typing import Optional, Sequence  # noqa: E402
 from trainer import LABELS, __version__  # noqa: E402
 from trainer import storage  # noqa: E402
 from trainer.config import ERROR_PREFIX, TrainConfig, parse_config  # noqa: E402
-from trainer.errors import CheckpointError, StorageError, TrainerError  # noqa: E402
+from trainer.errors import CheckpointError, StorageError, TrainerError, describe  # noqa: E402
 
 log = logging.getLogger("trainer")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -51,13 +51,14 @@ def resolve_pretrained(uri: str, work_dir: str, need_weights: bool) -> str:
         local = uri
     elif uri.startswith("hf://") or (_HUB_ID.match(uri) and not os.path.exists(uri)):
         repo_id = uri[len("hf://"):] if uri.startswith("hf://") else uri
-        try:
-            from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download
 
+        try:
             local = snapshot_download(repo_id=repo_id, allow_patterns=_CHECKPOINT_FILES,
                                       local_dir=os.path.join(work_dir, "pretrained"))
-        except Exception as exc:
-            raise StorageError(f"cannot download {uri} from the Hugging Face hub: {type(exc).__name__}") from exc
+        except (OSError, ValueError) as exc:  # the hub's errors (HTTP, not found, offline) are OSErrors; a bad id
+            # a ValueError
+            raise StorageError(f"cannot download {uri} from the Hugging Face hub: {describe(exc)}") from exc
     else:
         raise StorageError(f"pretrained checkpoint {uri} is not a directory, gs:// URI or hub id")
     required = ["vocab.txt"] + (["config.json", "model.safetensors"] if need_weights else [])
@@ -81,7 +82,9 @@ def resolve_precision(requested: str) -> str:
         out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=20).stdout.split()
         return "mixed_bfloat16" if out and float(out[0]) >= 8.0 else "mixed_float16"
-    except Exception:  # no nvidia-smi: fp16 mixed works on every CUDA GPU
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:  # no nvidia-smi, hung, odd output
+        log.warning("precision auto: cannot read the GPU's compute capability (%s); using mixed_float16, which "
+                    "every CUDA GPU runs", describe(exc))
         return "mixed_float16"
 
 
@@ -94,10 +97,9 @@ def _environment(precision: str) -> dict:
     devices = keras.distribution.list_devices()
     versions = {"keras": keras.__version__, "keras_hub": keras_hub.__version__, "numpy": numpy.__version__,
                 "python": platform.python_version(), "trainer": __version__}
-    try:  # the backend library's version (jax / tensorflow / torch); already imported by Keras
-        versions[backend] = sys.modules[backend].__version__
-    except Exception:
-        pass
+    backend_version = getattr(sys.modules.get(backend), "__version__", None)  # jax / tensorflow / torch
+    if backend_version:
+        versions[backend] = backend_version
     device = "gpu" if any(d.lower().startswith(("gpu", "cuda")) for d in devices) else "cpu"
     return {"backend": backend, "device": device, "versions": versions}
 
@@ -190,7 +192,7 @@ def _run(cfg: TrainConfig, splits: dict, work_dir: str) -> dict:
     tracker = Tracker(cfg.wandb_project, cfg.wandb_run_name, cfg.wandb_tags,
                       config=dict(hyper, model=cfg.model), work_dir=os.path.join(work_dir, "wandb"))
     try:
-        result = train_model(cfg, model, batches["train"], batches["validation"], store, tracker, _PROCESS_START)
+        result = train_model(cfg, model, batches["train"], batches["validation"], store, tracker)
 
         reports = {}
         for name in ("test", "validation"):

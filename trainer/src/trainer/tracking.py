@@ -12,6 +12,8 @@ import logging
 import os
 from typing import List, Optional
 
+from trainer.errors import describe
+
 log = logging.getLogger(__name__)
 
 
@@ -50,8 +52,7 @@ class Tracker:
                                    dir=work_dir, settings=wandb.Settings(init_timeout=60, console="off"))
             log.info("wandb run %s (%s)", getattr(self._run, "id", "?"), os.environ.get("WANDB_MODE", "online"))
         except Exception as exc:
-            log.warning("wandb init failed, continuing without tracking: %s: %s", type(exc).__name__,
-                        str(exc).splitlines()[0] if str(exc) else "")
+            log.warning("wandb init failed, continuing without tracking: %s", describe(exc))
             self._run = None
 
     @property

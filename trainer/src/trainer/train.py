@@ -220,11 +220,9 @@ def _fingerprint(cfg: TrainConfig) -> dict:
 class _EpochEnd(keras.callbacks.Callback):
     """Validation macro-F1, early stopping bookkeeping, checkpoint, tracking: after every epoch."""
 
-    def __init__(self, cfg, val: BucketedBatches, store: Optional[CheckpointStore], state: dict, tracker,
-                 process_start: float):
+    def __init__(self, cfg, val: BucketedBatches, store: Optional[CheckpointStore], state: dict, tracker):
         super().__init__()
         self.cfg, self.val, self.store, self.state, self.tracker = cfg, val, store, state, tracker
-        self.process_start = process_start
         self.best_in_memory = None
         self.epochs_this_process = 0
         self._t = 0.0
@@ -275,7 +273,7 @@ class _EpochEnd(keras.callbacks.Callback):
 
 
 def train_model(cfg: TrainConfig, model: keras.Model, train: BucketedBatches, val: BucketedBatches,
-                store: Optional[CheckpointStore], tracker, process_start: float) -> TrainResult:
+                store: Optional[CheckpointStore], tracker) -> TrainResult:
     """Compile, resume if a checkpoint exists, fit with early stopping, restore the best weights."""
     model.compile(
         optimizer=make_optimizer(cfg, len(train)),
@@ -299,7 +297,7 @@ def train_model(cfg: TrainConfig, model: keras.Model, train: BucketedBatches, va
                  "history": [], "best_weights": "", "fingerprint": _fingerprint(cfg)}
 
     callbacks = []
-    cb = _EpochEnd(cfg, val, store, state, tracker, process_start)
+    cb = _EpochEnd(cfg, val, store, state, tracker)
     callbacks.append(cb)
     if cfg.tensorboard_dir and keras.backend.backend() == "tensorflow":
         callbacks.append(keras.callbacks.TensorBoard(log_dir=cfg.tensorboard_dir))
