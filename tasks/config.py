@@ -8,13 +8,15 @@ key from a Prefect `Secret` block or a Secret Manager reference; the config only
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from trainer import params as trainer_params
+from trainer.errors import ConfigError as TrainerConfigError
 
 from tasks.catalog import FLEX_START_GPUS, TRAINING_REGIONS, gpus_for_machine, machine_family
 
-ModelName = Literal["bert", "lstm"]
+ModelName = Literal[trainer_params.MODELS]  # type: ignore[valid-type]
 LABELS = ("negative", "neutral", "positive")
 
 DEFAULT_DATA_URI = (
@@ -33,62 +35,54 @@ class _Strict(BaseModel):
 
 
 class TrainerParams(_Strict):
-    """Hyper-parameters passed to `python -m trainer.task`; see `trainer --help`."""
+    """Hyper-parameters of one model for `python -m trainer.task` (see its `--help`); `BertParams` and
+    `LstmParams` below are generated from the trainer's schema, each with that model's defaults."""
 
-    epochs: int = Field(4, ge=1, le=100, description="Maximum epochs (early stopping may end sooner).")
-    batch_size: int = Field(32, ge=1, le=4096)
-    learning_rate: float = Field(5e-5, gt=0, lt=1)
-    max_seq_len: int = Field(128, ge=8, le=512)
-    seed: int = 42
-    patience: int = Field(2, ge=0, description="Epochs without validation macro-F1 gain before stopping.")
-    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
-    pretrained: str | None = Field(
-        None,
-        description="HF hub id, local dir or gs:// dir of an HF-format BERT checkpoint (bert); for lstm, the vocab "
-        "and (with lstm_embeddings) the token embeddings.",
-    )
-    class_weights: Literal["balanced", "sqrt", "none"] = Field(
-        "balanced", description="Loss weight per class: balanced (n / (k * count)), its square root, or none."
-    )
-    pooling: Literal["cls", "mean"] = Field("cls", description="bert: [CLS] pooler or masked mean of tokens.")
-    lstm_embeddings: Literal["learned", "pretrained", "frozen"] = Field(
-        "learned", description="lstm: embeddings from scratch, or the pretrained checkpoint's (tuned or frozen)."
-    )
-    buckets: list[int] | None = Field(
-        None,
-        description="Padded lengths of the batches (max_seq_len is always one); None: the trainer's auto (the "
-        "standard 32/64/96/... that hold >= 5% of the sentences). Fewer lengths: fewer XLA compilations, more padding.",
-    )
+    trainer_model: ClassVar[str]
 
-    @model_validator(mode="after")
-    def _embeddings_need_checkpoint(self) -> TrainerParams:
-        if self.lstm_embeddings != "learned" and not self.pretrained:
-            raise ValueError(f"lstm_embeddings {self.lstm_embeddings!r} needs pretrained (a BERT checkpoint)")
-        return self
-
-    @model_validator(mode="after")
-    def _buckets_within_max_seq_len(self) -> TrainerParams:
-        bad = [b for b in self.buckets or () if not 1 <= b <= self.max_seq_len]
-        if bad:
-            raise ValueError(f"buckets {bad} must lie in [1, max_seq_len {self.max_seq_len}]")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _resolved_by_the_trainer(cls, given: Any) -> dict[str, Any]:
+        try:
+            return trainer_params.resolve(cls.trainer_model, given)
+        except TrainerConfigError as exc:
+            raise ValueError(str(exc)) from None
 
 
-def _default_params() -> dict[str, TrainerParams]:
-    return {
-        "bert": TrainerParams(pretrained="google-bert/bert-base-uncased"),
-        # The BiLSTM baseline on the BERT checkpoint's frozen word-piece vectors (the FinBERT paper's LSTM used
-        # GloVe): +5 points of accuracy over learned embeddings on PhraseBank (docs/benchmarks.md).
-        "lstm": TrainerParams(
-            epochs=15,
-            batch_size=32,
-            learning_rate=2e-3,
-            patience=4,
-            pretrained="google-bert/bert-base-uncased",
-            lstm_embeddings="frozen",
-            class_weights="sqrt",
-        ),
+# The JSON type of each kind of schema parameter (what Prefect's UI shows; the values are checked by `resolve`).
+_ANNOTATION_OF_KIND: dict[str, Any] = {"int": int, "float": float, "checkpoint": str | None,
+                                       "lengths": list[int] | None}
+
+
+def _params_model(model: str) -> type[TrainerParams]:
+    fields: dict[str, Any] = {
+        p.name: (Literal[p.choices] if p.kind == "choice" else _ANNOTATION_OF_KIND[p.kind],
+                 Field(p.defaults[model], description=p.help))
+        for p in trainer_params.params_of(model)
     }
+    generated = create_model(f"{model.capitalize()}Params", __base__=TrainerParams, __module__=__name__, **fields)
+    generated.trainer_model = model
+    return generated
+
+
+PARAMS_OF_MODEL: dict[str, type[TrainerParams]] = {model: _params_model(model) for model in trainer_params.MODELS}
+
+
+class _ParamsByModel(_Strict):
+    def __getitem__(self, model: str) -> TrainerParams:
+        if model not in PARAMS_OF_MODEL:
+            raise KeyError(model)
+        return getattr(self, model)
+
+
+# `params`: one field per model, each defaulting to all that model's defaults (so a model missing from the config,
+# or a field missing from a model, takes the trainer's default for that model).
+ParamsByModel = create_model(
+    "ParamsByModel",
+    __base__=_ParamsByModel,
+    __module__=__name__,
+    **{model: (cls, Field(default_factory=cls)) for model, cls in PARAMS_OF_MODEL.items()},  # type: ignore[call-overload]
+)
 
 
 class DataConfig(_Strict):
@@ -146,7 +140,9 @@ class PipelineConfig(_Strict):
     bucket: str = Field(..., description="GCS bucket (without gs://) for data, packages and models.")
     prefix: str = Field("finsent", description="Folder inside the bucket.")
     models: tuple[ModelName, ...] = ("bert", "lstm")
-    params: dict[ModelName, TrainerParams] = Field(default_factory=_default_params)
+    params: ParamsByModel = Field(  # type: ignore[valid-type]
+        default_factory=ParamsByModel, description="Hyper-parameters per model (`python -m trainer.task --help`)."
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     poll: PollConfig = Field(default_factory=PollConfig)
@@ -217,9 +213,6 @@ class PipelineConfig(_Strict):
             raise ValueError(f"machine type {self.machine_type} comes with GPUs: set accelerator_type")
         if self.scheduling_strategy == "FLEX_START" and gpu not in FLEX_START_GPUS:
             raise ValueError(f"FLEX_START does not offer {gpu}; use SPOT or STANDARD, or an L4/A100/H100/H200/B200")
-        for name in self.models:
-            if name not in self.params:
-                raise ValueError(f"no hyper-parameters in params for model {name!r}")
         return self
 
     # --- derived names (pure) ---------------------------------------------------------------------------------

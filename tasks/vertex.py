@@ -80,32 +80,19 @@ def job_labels(run_key: str, model: str, attempt: int) -> dict[str, str]:
 
 
 def trainer_args(model: str, params: TrainerParams, data_uri: str, wandb_project: str, run_name: str) -> list[str]:
-    """Command line of `python -m trainer.task` (the contract in docs/design.md). Never carries a secret."""
-    args = [
+    """Command line of `python -m trainer.task` (the contract in docs/design.md). Never carries a secret.
+    Every hyper-parameter is spelled out (trainer.params.to_argv), so the job runs exactly the validated config."""
+    from trainer.params import to_argv
+
+    return [
         f"--model={model}",
         f"--train-data={data_uri}/train.csv",
         f"--validation-data={data_uri}/validation.csv",
         f"--test-data={data_uri}/test.csv",
-        f"--epochs={params.epochs}",
-        f"--batch-size={params.batch_size}",
-        f"--learning-rate={params.learning_rate}",
-        f"--max-seq-len={params.max_seq_len}",
-        f"--seed={params.seed}",
-        f"--patience={params.patience}",
-        f"--precision={params.precision}",
-        f"--class-weights={params.class_weights}",
+        *to_argv(model, params.model_dump()),
         f"--wandb-project={wandb_project}",
         f"--wandb-run-name={run_name}",
     ]
-    if params.pretrained:
-        args.append(f"--pretrained={params.pretrained}")
-    if params.buckets:
-        args.append(f"--buckets={','.join(str(b) for b in sorted(set(params.buckets)))}")
-    if model == "bert":
-        args.append(f"--pooling={params.pooling}")
-    else:
-        args.append(f"--lstm-embeddings={params.lstm_embeddings}")
-    return args
 
 
 @dataclass(frozen=True)
