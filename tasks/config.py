@@ -3,6 +3,13 @@
 The config is a Prefect flow parameter, so it shows in the UI and is stored with each run. It must never hold a
 secret: credentials come from a prefect-gcp `GcpCredentials` block (or application-default credentials), the wandb
 key from a Prefect `Secret` block or a Secret Manager reference; the config only names them.
+
+`params` is generated from the trainer's own schema (trainer/src/trainer/params.py), not written again here: one
+pydantic model per model (`BertParams`, `LstmParams`, made with `create_model` from the schema's table, with that
+model's defaults and help texts, so Prefect's UI shows them), whose validation is the trainer's `resolve`. Why
+both: the generated fields give the UI form and attribute access (`cfg.params["bert"].max_seq_len`); calling
+`resolve` makes the flow refuse exactly what the trainer would refuse, with the trainer's message, before any
+upload, and fill in exactly the trainer's per-model defaults. The bounds and rules are never copied into pydantic.
 """
 
 from __future__ import annotations

@@ -1,10 +1,16 @@
 """PipelineConfig refuses bad settings with one line that names the field, before anything is spent."""
 
+from typing import Literal, get_args, get_origin
+
 import pytest
+from trainer import params as trainer_params
+from trainer.config import build_parser as build_trainer_parser
+from trainer.config import parse_config as parse_trainer_config
 
 from deployments.serve import config_from_env, validate_cron
-from tasks.config import parse_config, tf_version_of_image
+from tasks.config import PipelineConfig, parse_config, tf_version_of_image
 from tasks.errors import ConfigError
+from tasks.vertex import trainer_args
 
 BASE = {"project": "p", "bucket": "finsent-test"}
 
@@ -27,14 +33,23 @@ BASE = {"project": "p", "bucket": "finsent-test"}
         ({"models": []}, r"models: choose at least one"),
         ({"machine_typo": "x"}, r"machine_typo: Extra inputs are not permitted"),
         (
-            {"params": {"bert": {}, "lstm": {"lstm_embeddings": "frozen"}}},
-            r"params.lstm: lstm_embeddings 'frozen' needs pretrained",
+            {"params": {"lstm": {"pretrained": None, "lstm_embeddings": "frozen"}}},
+            r"params.lstm: lstm_embeddings frozen needs pretrained",
         ),
-        ({"params": {"bert": {"class_weights": "inverse"}, "lstm": {}}}, r"params.bert.class_weights: Input should be"),
         (
-            {"params": {"bert": {"buckets": [64, 256]}, "lstm": {}}},
-            r"params.bert: buckets \[256\] must lie in \[1, max_seq_len 128\]",
+            {"params": {"bert": {"class_weights": "inverse"}}},
+            r"params.bert: class_weights must be one of balanced, sqrt, none, got 'inverse'",
         ),
+        (
+            {"params": {"bert": {"buckets": [64, 256]}}},
+            r"params.bert: buckets 64,256: every length must be in \[1, max_seq_len 128\], got \[256\]",
+        ),
+        # values the trainer refuses are refused here, before any upload or GPU job
+        ({"params": {"lstm": {"patience": 0}}}, r"params.lstm: patience must be >= 1, got 0"),
+        ({"params": {"bert": {"warmup_ratio": 1.5}}}, r"params.bert: warmup_ratio must be in \[0, 1\), got 1.5"),
+        ({"params": {"lstm": {"pooling": "mean"}}}, r"params.lstm: pooling applies to bert only, not lstm"),
+        ({"params": {"bert": {"pretrained": None}}}, r"params.bert: bert needs pretrained"),
+        ({"params": {"gpt": {}}}, r"params.gpt: Extra inputs are not permitted"),
     ],
 )
 def test_bad_settings_fail_with_one_line(override, message):
@@ -49,7 +64,58 @@ def test_good_settings_and_derived_names():
     )
     assert cfg.base_uri == "gs://finsent-test/finsent"
     assert cfg.models == ("bert", "lstm")
-    assert set(cfg.params) == {"bert", "lstm"}
+    assert cfg.params["bert"].pooling == "cls" and cfg.params["lstm"].lstm_embeddings == "frozen"
+
+
+def test_fields_left_out_take_that_models_defaults():
+    """A partial params.lstm gets the BiLSTM's own defaults (not BERT's learning rate), and bert, not given at
+    all, all of its own: what the job's command line carries."""
+    cfg = parse_config(BASE | {"params": {"lstm": {"epochs": 3}}})
+    lstm, bert = cfg.params["lstm"], cfg.params["bert"]
+    assert (lstm.epochs, lstm.learning_rate, lstm.patience, lstm.lstm_embeddings, lstm.class_weights) == (
+        3, 2e-3, 4, "frozen", "sqrt")  # fmt: skip
+    assert lstm.model_dump() == trainer_params.defaults("lstm") | {"epochs": 3}
+    assert (bert.epochs, bert.learning_rate, bert.patience, bert.class_weights) == (4, 5e-5, 2, "balanced")
+    assert bert.model_dump() == trainer_params.defaults("bert")
+    argv = trainer_args("lstm", lstm, "gs://b/data/x", "finsent", "run")
+    assert "--learning-rate=0.002" in argv and "--epochs=3" in argv
+
+
+# Flags of `python -m trainer.task` that are not hyper-parameters: the run's inputs, outputs and tracking.
+TRAINER_IO_FLAGS = {"help", "model", "train_data", "validation_data", "test_data", "output_dir", "checkpoint_dir",
+                    "tensorboard_dir", "wandb_project", "wandb_run_name", "wandb_tags", "stop_after_epochs"}
+
+
+def _other_value(annotation, default):
+    """A valid value other than `default` for a params field of this type."""
+    if get_origin(annotation) is Literal:
+        return next(choice for choice in get_args(annotation) if choice != default)
+    if annotation is int:
+        return default + 1
+    if annotation is float:
+        return default / 2
+    if str in get_args(annotation):
+        return "org/other-checkpoint"
+    return [32]  # buckets
+
+
+def test_every_trainer_flag_is_a_params_field_and_reaches_the_trainer_unchanged(tmp_path):
+    """Schema round trip: each hyper-parameter flag of the trainer is a PipelineConfig.params field (and each
+    field a flag), and a non-default value of every field arrives in the trainer's TrainConfig as set."""
+    flags = {a.dest for a in build_trainer_parser()._actions} - TRAINER_IO_FLAGS
+    fields = {model: PipelineConfig.model_fields["params"].annotation.model_fields[model].annotation.model_fields
+              for model in ("bert", "lstm")}
+    assert flags == set(fields["bert"]) | set(fields["lstm"])
+    given = {model: {name: _other_value(f.annotation, f.default) for name, f in model_fields.items()}
+             for model, model_fields in fields.items()}
+    cfg = parse_config(BASE | {"params": given})
+    for model in ("bert", "lstm"):
+        sent = cfg.params[model].model_dump()
+        assert all(sent[name] != f.default for name, f in fields[model].items())
+        argv = trainer_args(model, cfg.params[model], str(tmp_path), "finsent", "run")
+        received = parse_trainer_config([*argv, f"--output-dir={tmp_path}"])
+        assert received.hyperparameters() == sent
+        assert {name: getattr(received, name) for name in sent} == sent
 
 
 def test_tf_version_is_read_from_prebuilt_image_uri():
