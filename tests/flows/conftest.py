@@ -32,7 +32,8 @@ def flow_config(vertex_emulator, gcs_bucket, sentiment_csv, tiny_bert):
         "models": ["bert", "lstm"],
         "params": {
             "bert": {"pretrained": str(tiny_bert), "epochs": 1, "batch_size": 32, "max_seq_len": 32},
-            "lstm": {"epochs": 1, "batch_size": 32, "max_seq_len": 32, "learning_rate": 0.003},
+            "lstm": {"epochs": 1, "batch_size": 32, "max_seq_len": 32, "learning_rate": 0.003,
+                     "pretrained": None, "lstm_embeddings": "learned"},  # no checkpoint: the BiLSTM from scratch
         },
         "data": {"uri": str(sentiment_csv)},
         "poll": {"initial_seconds": 0.2, "fast_phase_max_seconds": 1.0, "max_seconds": 2.0},
