@@ -120,7 +120,7 @@ def main() -> None:
         result["sizes"] = {k: sum(1 for _ in open(v, encoding="utf-8")) - 1 for k, v in paths.items()}
         for model in args.models.split(","):
             if model == "lstm":  # on MiniLM's frozen word-piece vectors (chosen on validation, docs/benchmarks.md)
-                vectors = [] if args.lstm_embeddings == "learned" else ["--pretrained", minilm_dir()]
+                vectors = ["--pretrained", "none" if args.lstm_embeddings == "learned" else minilm_dir()]
                 extra = [*vectors, "--lstm-embeddings", args.lstm_embeddings, "--class-weights", "sqrt",
                          "--epochs", str(args.lstm_epochs), "--patience", "4", "--batch-size", "32",
                          "--seed", str(args.seed), *shlex.split(args.lstm_extra)]
