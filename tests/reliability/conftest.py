@@ -35,6 +35,7 @@ def lstm_config(endpoint: str, bucket: str, data_uri: str, *, epochs: int = 1, *
         "anonymous_credentials": True,
         "models": ["lstm"],
         "params": {"lstm": {"epochs": epochs, "batch_size": 32, "max_seq_len": 16, "learning_rate": 0.003,
+                            "pretrained": None, "lstm_embeddings": "learned",  # no checkpoint: from scratch
                             "patience": 100}},
         "data": {"uri": data_uri},
         "poll": {"initial_seconds": 0.2, "fast_phase_max_seconds": 0.5, "max_seconds": 1.0},
@@ -53,6 +54,8 @@ def staged(gcs_emulator, vertex_emulator, small_csv, tmp_path_factory) -> dict:
     from tasks import gcs
     from tasks.config import parse_config, tf_version_of_image
     from tasks.dataset import fetch_dataset
+    from tasks.inputs import upload_inputs
+    from tasks.layout import BucketLayout
     from tasks.packaging import package_trainer
 
     bucket = f"rel-{uuid.uuid4().hex[:10]}"
@@ -62,11 +65,19 @@ def staged(gcs_emulator, vertex_emulator, small_csv, tmp_path_factory) -> dict:
     from prefect.logging import disable_run_logger
 
     with disable_run_logger():
-        prepared = fetch_dataset.fn(cfg.data, work, pipeline=cfg)
+        prepared = fetch_dataset.fn(cfg.data, work)
         package = package_trainer.fn(TRAINER_DIR, work, tf_version=tf_version_of_image(cfg.executor_image_uri))
-        uploads = gcs.upload_inputs.fn(cfg, prepared, package)
+        uploads = upload_inputs.fn(gcs.storage_client(cfg), BucketLayout.of(cfg), prepared, package)
     return {"bucket": bucket, "package_uri": uploads.package_uri, "data_uri": uploads.data_uri,
             "package_path": package.path}
+
+
+def run_jobs(admin, run_key: str) -> list[dict]:
+    """The emulator's jobs of one training run, found by the run label as the runner finds them."""
+    from tasks.vertex import run_labels
+
+    ((label, value),) = run_labels(run_key).items()
+    return [j for j in admin.jobs() if j.get("labels", {}).get(label) == value]
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):

@@ -13,7 +13,8 @@ from google.cloud import storage
 from tasks import vertex
 from tasks.config import parse_config
 from tasks.errors import JobFailedError, RetryableJobError
-from tests.reliability.conftest import lstm_config, wait_until
+from tasks.layout import BucketLayout
+from tests.reliability.conftest import lstm_config, run_jobs, wait_until
 
 
 def _cfg(vertex_emulator, staged, **overrides):
@@ -37,21 +38,13 @@ def _read(uri: str):
 
 
 def _metrics(output_uri):
-    raw = _read(f"{output_uri}/model/metrics.json")
+    raw = _read(BucketLayout.metrics(output_uri))
     return json.loads(raw) if raw else None
 
 
 def _epoch_log(output_uri):
     raw = _read(f"{output_uri}/checkpoints/epochs.jsonl")
     return [json.loads(line) for line in raw.decode().splitlines() if line.strip()] if raw else []
-
-
-def _by_method(admin, method):
-    return [r for r in admin.requests() if r["method"] == method]
-
-
-def _run_jobs(admin, run_key):
-    return [j for j in admin.jobs() if j.get("labels", {}).get(vertex.LABEL_RUN) == vertex.label_value(run_key)]
 
 
 def test_503_and_429_bursts_on_create_get_and_list_make_exactly_one_job(vertex_emulator, vertex_admin, staged):
@@ -67,15 +60,15 @@ def test_503_and_429_bursts_on_create_get_and_list_make_exactly_one_job(vertex_e
     outcome, output_uri = _run(_cfg(vertex_emulator, staged), staged, run_key, lines)
 
     assert outcome.state == "JOB_STATE_SUCCEEDED" and outcome.attempts == 1
-    creates = _by_method(vertex_admin, "create")
+    creates = vertex_admin.requests("create")
     assert [r["status"] for r in creates] == [503, 429, 200], "two refused creates, then exactly one real one"
-    gets = _by_method(vertex_admin, "get")
+    gets = vertex_admin.requests("get")
     assert [r["status"] for r in gets[:6]] == [503] * 3 + [429] * 3 and gets[-1]["status"] == 200
-    jobs = _run_jobs(vertex_admin, run_key)
+    jobs = run_jobs(vertex_admin, run_key)
     assert len(jobs) == 1 and jobs[0]["state"] == "JOB_STATE_SUCCEEDED"
     assert _metrics(output_uri)["train"]["epochs_run"] == 1
     print(f"\n[bursts] requests: {len(creates)} create, {len(gets)} get, "
-          f"{len(_by_method(vertex_admin, 'list'))} list; jobs 1; {outcome.seconds:.1f}s")
+          f"{len(vertex_admin.requests('list'))} list; jobs 1; {outcome.seconds:.1f}s")
 
 
 def test_commit_then_drop_on_create_reattaches_instead_of_creating_a_second_job(
@@ -86,9 +79,9 @@ def test_commit_then_drop_on_create_reattaches_instead_of_creating_a_second_job(
     lines: list[str] = []
     outcome, output_uri = _run(_cfg(vertex_emulator, staged), staged, run_key, lines)
 
-    creates = _by_method(vertex_admin, "create")
+    creates = vertex_admin.requests("create")
     assert len(creates) == 1 and creates[0]["status"] == 503, "the one create was committed; no second create"
-    jobs = _run_jobs(vertex_admin, run_key)
+    jobs = run_jobs(vertex_admin, run_key)
     assert len(jobs) == 1 and jobs[0]["emulator"]["createResponseDropped"]
     assert outcome.job_name == jobs[0]["name"] and outcome.state == "JOB_STATE_SUCCEEDED"
     assert any("created despite the error" in line for line in lines)
@@ -135,8 +128,8 @@ def test_spot_preemption_resumes_from_the_last_checkpoint_without_training_an_ep
     assert metrics["train"]["resumed_from_epoch"] >= 1, "the last process resumed from a checkpoint"
     processes = {entry["run_id"] for entry in _epoch_log(output_uri)}
     assert len(processes) == 2, "epochs came from two processes: before and after the preemption"
-    jobs = _run_jobs(vertex_admin, run_key)
-    creates = _by_method(vertex_admin, "create")
+    jobs = run_jobs(vertex_admin, run_key)
+    creates = vertex_admin.requests("create")
     if restart:
         assert len(jobs) == 1 and len(creates) == 1 and outcome.attempts == 1
         assert jobs[0]["emulator"]["preemptions"] == 1 and jobs[0]["state"] == "JOB_STATE_SUCCEEDED"
@@ -158,8 +151,8 @@ def test_repeated_preemption_is_resubmitted_a_bounded_number_of_times(vertex_emu
     vertex_admin.set_faults(preempt={"after_seconds": 0, "times": 0})  # every replica, forever
     with pytest.raises(RetryableJobError, match="preempted"):
         _run(cfg, staged, run_key, [])
-    jobs = _run_jobs(vertex_admin, run_key)
-    assert len(_by_method(vertex_admin, "create")) == 2, "first try + max_infra_retries=1 resubmit, then give up"
+    jobs = run_jobs(vertex_admin, run_key)
+    assert len(vertex_admin.requests("create")) == 2, "first try + max_infra_retries=1 resubmit, then give up"
     assert sorted(j["labels"][vertex.LABEL_ATTEMPT] for j in jobs) == ["1", "2"]
     assert all(j["state"] == "JOB_STATE_FAILED" for j in jobs)
 
@@ -183,5 +176,5 @@ def test_user_error_is_never_retried(vertex_emulator, vertex_admin, staged, bad,
     with pytest.raises(JobFailedError) as info:
         _run(cfg, staged, run_key, [], data_uri=data_uri)
     assert not isinstance(info.value, RetryableJobError)
-    assert len(_by_method(vertex_admin, "create")) == 1, "a user error is never resubmitted"
-    assert [j["state"] for j in _run_jobs(vertex_admin, run_key)] == ["JOB_STATE_FAILED"]
+    assert len(vertex_admin.requests("create")) == 1, "a user error is never resubmitted"
+    assert [j["state"] for j in run_jobs(vertex_admin, run_key)] == ["JOB_STATE_FAILED"]
