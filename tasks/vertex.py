@@ -105,7 +105,7 @@ class JobRequest:
     data_uri: str
     output_uri: str
     run_key: str
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)  # may hold the wandb key: never printed
 
 
 def build_custom_job(cfg: PipelineConfig, request: JobRequest, *, attempt: int = 1) -> dict:
