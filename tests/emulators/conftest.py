@@ -5,10 +5,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from google.auth.credentials import AnonymousCredentials
 
 from emujob_sdist import build_sdist
-from emulator_testkit import EXECUTOR, make_client
+from emulator_testkit import EXECUTOR, gcs_client, make_client
 
 
 @pytest.fixture(scope="session")
@@ -21,10 +20,7 @@ def job_bucket(gcs_emulator):
 @pytest.fixture(scope="session")
 def package_uri(gcs_emulator, job_bucket):
     """gs:// URI of the `emujob` sdist uploaded to fake GCS."""
-    from google.cloud import storage
-
-    client = storage.Client(credentials=AnonymousCredentials(), project="emulator")
-    blob = client.bucket(job_bucket).blob("packages/emujob-0.1.0.tar.gz")
+    blob = gcs_client().bucket(job_bucket).blob("packages/emujob-0.1.0.tar.gz")
     blob.upload_from_string(build_sdist(), content_type="application/gzip")
     return f"gs://{job_bucket}/packages/emujob-0.1.0.tar.gz"
 

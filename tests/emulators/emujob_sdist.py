@@ -2,31 +2,28 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
+import tempfile
 import textwrap
-import time
+from pathlib import Path
+
+from tests.tiny_project import write_tiny_project
 
 MODULES = {
     "__init__.py": "",
     "_gcs.py": '''
-        import os
+        from trainer.storage import parse_gs_uri  # the host's trainer: job venvs see the host's site-packages
 
         def client():
             from google.auth.credentials import AnonymousCredentials
             from google.cloud import storage
             return storage.Client(credentials=AnonymousCredentials(), project="emulator")
 
-        def split(uri):
-            bucket, _, name = uri[len("gs://"):].partition("/")
-            return bucket, name
-
         def write(uri, text):
-            bucket, name = split(uri)
+            bucket, name = parse_gs_uri(uri)
             client().bucket(bucket).blob(name).upload_from_string(text)
 
         def read(uri):
-            bucket, name = split(uri)
+            bucket, name = parse_gs_uri(uri)
             blob = client().bucket(bucket).blob(name)
             return blob.download_as_text() if blob.exists() else None
     ''',
@@ -74,30 +71,11 @@ MODULES = {
 }
 
 
-def build_sdist(name: str = "emujob", version: str = "0.1.0") -> bytes:
-    """A minimal setuptools sdist (tar.gz bytes) holding the `emujob` package."""
-    root = f"{name}-{version}"
-    files = {
-        "pyproject.toml": textwrap.dedent(f'''
-            [build-system]
-            requires = ["setuptools"]
-            build-backend = "setuptools.build_meta"
+def build_sdist() -> bytes:
+    """The `emujob` sdist (tar.gz bytes), built the way the flow builds the trainer's (tasks.packaging)."""
+    from tasks.packaging import build_trainer_sdist
 
-            [project]
-            name = "{name}"
-            version = "{version}"
-
-            [tool.setuptools]
-            packages = ["emujob"]
-        '''),
-        "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-    }
-    files.update({f"emujob/{mod}": textwrap.dedent(src).lstrip() for mod, src in MODULES.items()})
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path, text in sorted(files.items()):
-            data = text.encode()
-            info = tarfile.TarInfo(f"{root}/{path}")
-            info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    with tempfile.TemporaryDirectory(prefix="emujob-") as tmp:
+        modules = {name: textwrap.dedent(source).lstrip() for name, source in MODULES.items()}
+        root = write_tiny_project(Path(tmp) / "emujob", "emujob", "0.1.0", "emujob", modules)
+        return build_trainer_sdist(root, Path(tmp) / "dist", tf_version=None).path.read_bytes()

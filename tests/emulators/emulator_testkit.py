@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from google.auth.credentials import AnonymousCredentials
+from trainer.storage import parse_gs_uri
 
 PROJECT, LOCATION = "finsent-test", "us-central1"
 PARENT = f"projects/{PROJECT}/locations/{LOCATION}"
@@ -17,6 +18,28 @@ def make_client(endpoint: str):
     return aiplatform_v1.JobServiceClient(
         transport="rest", credentials=AnonymousCredentials(), client_options={"api_endpoint": endpoint}
     )
+
+
+def gcs_client():
+    """A storage client for the GCS emulator (STORAGE_EMULATOR_HOST), with no credentials."""
+    from google.cloud import storage
+
+    return storage.Client(credentials=AnonymousCredentials(), project="emulator")
+
+
+def read_gcs_text(uri: str) -> str | None:
+    """The text of the object at gs:// `uri`, or None if there is none."""
+    bucket, name = parse_gs_uri(uri)
+    blob = gcs_client().bucket(bucket).blob(name)
+    return blob.download_as_text() if blob.exists() else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs; a zombie counts as dead (it only waits for its parent to reap it)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def wait_for_state(client, name: str, states: set[str], timeout: float = 60.0):

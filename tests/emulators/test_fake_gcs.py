@@ -11,28 +11,20 @@ from pathlib import Path
 
 import httpx
 import pytest
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
 
+from emulator_testkit import gcs_client, pid_alive
 from emulators.gcs import FakeGcs
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _client(endpoint: str, monkeypatch) -> storage.Client:
+def _client(endpoint: str, monkeypatch):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
-    return storage.Client(credentials=AnonymousCredentials(), project="emulator")
+    return gcs_client()
 
 
 def test_session_fixture_serves_the_storage_client(gcs_emulator, gcs_bucket):
-    client = storage.Client(credentials=AnonymousCredentials(), project="emulator")
+    client = gcs_client()
     client.bucket(gcs_bucket).blob("a/b.txt").upload_from_string("hello")
     assert [b.name for b in client.list_blobs(gcs_bucket)] == ["a/b.txt"]
     assert os.environ["STORAGE_EMULATOR_HOST"] == gcs_emulator.endpoint
@@ -43,13 +35,13 @@ def test_filesystem_backend_persists_across_restarts(tmp_path, monkeypatch):
         gcs.create_bucket("persisted")
         _client(gcs.endpoint, monkeypatch).bucket("persisted").blob("x.txt").upload_from_string("kept")
         pid = gcs.pid
-    assert not _alive(pid)
+    assert not pid_alive(pid)
     with FakeGcs(backend="filesystem", root=tmp_path) as gcs:
         assert _client(gcs.endpoint, monkeypatch).bucket("persisted").blob("x.txt").download_as_text() == "kept"
 
 
 def test_resumable_upload_location_points_at_the_emulator(gcs_emulator, gcs_bucket):
-    client = storage.Client(credentials=AnonymousCredentials(), project="emulator")
+    client = gcs_client()
     blob = client.bucket(gcs_bucket).blob("big.bin", chunk_size=256 * 1024)
     blob.upload_from_string(b"x" * (600 * 1024))  # > chunk_size: a resumable upload
     assert client.bucket(gcs_bucket).get_blob("big.bin").size == 600 * 1024
@@ -90,9 +82,9 @@ def test_up_starts_both_prints_env_and_leaves_no_process_behind(tmp_path):
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
     deadline = time.monotonic() + 5
-    while any(_alive(int(pid)) for pid in children) and time.monotonic() < deadline:
+    while any(pid_alive(int(pid)) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(_alive(int(pid)) for pid in children)
+    assert not any(pid_alive(int(pid)) for pid in children)
     for url in (f"{gcs}/storage/v1/b", f"{vertex}/emulator/v1/health"):
         with pytest.raises(httpx.ConnectError):
             httpx.get(url)

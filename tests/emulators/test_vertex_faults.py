@@ -8,10 +8,8 @@ import time
 import httpx
 import pytest
 from google.api_core import exceptions
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
 
-from emulator_testkit import PARENT, wait_for_state
+from emulator_testkit import PARENT, read_gcs_text, wait_for_state
 
 TERMINAL = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
 
@@ -100,12 +98,6 @@ def test_bad_fault_rule_is_rejected(vertex_emulator):
     assert "method must be one of" in response.json()["error"]["message"]
 
 
-def _read(uri: str) -> dict | None:
-    bucket, _, name = uri[len("gs://"):].partition("/")
-    blob = storage.Client(credentials=AnonymousCredentials(), project="x").bucket(bucket).blob(name)
-    return json.loads(blob.download_as_text()) if blob.exists() else None
-
-
 def test_preempt_without_restart_fails_the_job_with_a_preemption_error(job_client, make_job, vertex_admin):
     vertex_admin.set_faults(preempt={"after_seconds": 0.5, "times": 1})
     job = job_client.create_custom_job(parent=PARENT, custom_job=make_job("sleep", ["600"]))
@@ -118,13 +110,14 @@ def test_preempt_without_restart_fails_the_job_with_a_preemption_error(job_clien
 
 
 def test_preempt_with_restart_job_on_worker_restart_resumes_from_checkpoint(job_client, make_job, vertex_admin):
-    vertex_admin.set_faults(preempt={"after_seconds": 1.0, "times": 1})
+    # 3 s: time for the first run to write its checkpoint even on a loaded machine (else it is preempted first)
+    vertex_admin.set_faults(preempt={"after_seconds": 3.0, "times": 1})
     spec = make_job("resume", ["600"], restart_on_worker_restart=True)
     job = job_client.create_custom_job(parent=PARENT, custom_job=spec)
     job = wait_for_state(job_client, job.name, TERMINAL, timeout=60)
     assert job.state.name == "JOB_STATE_SUCCEEDED", job.error.message
     base = spec["job_spec"]["base_output_directory"]["output_uri_prefix"]
-    resumed = _read(f"{base}/model/resumed.json")
+    resumed = json.loads(read_gcs_text(f"{base}/model/resumed.json"))
     first_pid = resumed["checkpoint"]["pid"]
     view = vertex_admin.job(job.name)["emulator"]
     assert view["preemptions"] == 1 and view["replicas"][0]["restarts"] == 1

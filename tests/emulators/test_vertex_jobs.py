@@ -10,17 +10,10 @@ import time
 import pytest
 from google.api_core import exceptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
 
-from emulator_testkit import PARENT, PROJECT, make_client, wait_for_state
+from emulator_testkit import PARENT, PROJECT, make_client, pid_alive, read_gcs_text, wait_for_state
 
 TERMINAL = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
-
-
-def _read_gcs(uri: str) -> str:
-    bucket, _, name = uri[len("gs://"):].partition("/")
-    client = storage.Client(credentials=AnonymousCredentials(), project="emulator")
-    return client.bucket(bucket).blob(name).download_as_text()
 
 
 def assert_invalid_argument(exc: exceptions.GoogleAPICallError) -> None:
@@ -28,17 +21,6 @@ def assert_invalid_argument(exc: exceptions.GoogleAPICallError) -> None:
     raised as such only over gRPC), so the google.rpc status is checked in the response body."""
     assert exc.code == 400
     assert exc.response.json()["error"]["status"] == "INVALID_ARGUMENT"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purposes
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_job_installs_sdist_runs_module_and_writes_to_model_dir(job_client, make_job, vertex_admin):
@@ -58,7 +40,7 @@ def test_job_installs_sdist_runs_module_and_writes_to_model_dir(job_client, make
     assert seen == ["JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"], seen
     assert job.start_time and job.end_time and not job.error.message
     base = spec["job_spec"]["base_output_directory"]["output_uri_prefix"]
-    result = json.loads(_read_gcs(f"{base}/model/result.json"))
+    result = json.loads(read_gcs_text(f"{base}/model/result.json"))
     assert result["args"] == ["--epochs", "2"]
     env = result["env"]
     assert env["AIP_MODEL_DIR"] == f"{base}/model/"
@@ -97,13 +79,13 @@ def test_cancel_kills_the_process_tree_and_ends_cancelled(job_client, make_job, 
         time.sleep(0.05)
     pid, child = map(int, re.search(r"pid=(\d+) child=(\d+)", log).groups())
     assert vertex_admin.job(created.name)["emulator"]["replicas"][0]["pid"] == pid
-    assert _pid_alive(pid) and _pid_alive(child)
+    assert pid_alive(pid) and pid_alive(child)
     job_client.cancel_custom_job(name=created.name)
     assert job_client.get_custom_job(name=created.name).state.name in {"JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED"}
     job = wait_for_state(job_client, created.name, TERMINAL, timeout=20)
     assert job.state.name == "JOB_STATE_CANCELLED"
     assert job.error.code == 1
-    assert not _pid_alive(pid) and not _pid_alive(child)
+    assert not pid_alive(pid) and not pid_alive(child)
     with pytest.raises(exceptions.BadRequest, match="JOB_STATE_CANCELLED"):
         job_client.cancel_custom_job(name=created.name)
 
@@ -233,7 +215,7 @@ def test_multi_replica_job_gets_tf_config(job_client, make_job, vertex_admin):
     assert [r["replica"] for r in replicas] == ["workerpool0-0", "workerpool1-0", "workerpool1-1"]
     # All three wrote the same file; the last writer's TF_CONFIG is one of the three tasks.
     base = spec["job_spec"]["base_output_directory"]["output_uri_prefix"]
-    tf_config = json.loads(json.loads(_read_gcs(f"{base}/model/result.json"))["env"]["TF_CONFIG"])
+    tf_config = json.loads(json.loads(read_gcs_text(f"{base}/model/result.json"))["env"]["TF_CONFIG"])
     assert set(tf_config["cluster"]) == {"chief", "worker"} and len(tf_config["cluster"]["worker"]) == 2
     assert tf_config["task"]["type"] in {"chief", "worker"}
 
@@ -258,7 +240,7 @@ def test_high_level_custom_job_runs_to_success(vertex_emulator, package_uri, job
     )
     job.run(sync=True, restart_job_on_worker_restart=True)
     assert job.state.name == "JOB_STATE_SUCCEEDED"
-    assert json.loads(_read_gcs(f"gs://{job_bucket}/sdk-run/model/result.json"))["env"]["CLOUD_ML_JOB_ID"]
+    assert json.loads(read_gcs_text(f"gs://{job_bucket}/sdk-run/model/result.json"))["env"]["CLOUD_ML_JOB_ID"]
     found = aiplatform.CustomJob.list(filter='labels.suite="sdk"')
     assert job.resource_name in [j.resource_name for j in found]
 

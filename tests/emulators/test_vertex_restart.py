@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 
 import pytest
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
 
-from emulator_testkit import PARENT, make_client, wait_for_state
+from emulator_testkit import PARENT, make_client, pid_alive, read_gcs_text, wait_for_state
 from emulators.vertex import VertexEmulator
 
 TERMINAL = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
@@ -21,13 +18,6 @@ TERMINAL = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
 def own_emulator(gcs_emulator, tmp_path):
     with VertexEmulator(gcs_endpoint=gcs_emulator.endpoint, state_dir=tmp_path / "state") as emulator:
         yield emulator
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _wait_log(emulator: VertexEmulator, name: str, pattern: str, timeout: float = 30) -> re.Match:
@@ -73,16 +63,16 @@ def test_crash_while_running_reaps_the_orphan_and_fails_the_job(own_emulator, ma
     wait_for_state(client, job.name, {"JOB_STATE_RUNNING"})
     pid, child = map(int, _wait_log(own_emulator, job.name, r"pid=(\d+) child=(\d+)").groups())
     own_emulator.kill()  # SIGKILL: the server cannot clean up
-    assert _alive(pid) and _alive(child)
+    assert pid_alive(pid) and pid_alive(child)
     own_emulator.start()
     client = make_client(own_emulator.endpoint)
     failed = wait_for_state(client, job.name, TERMINAL)
     assert failed.state.name == "JOB_STATE_FAILED" and failed.error.code == 13
     assert "emulator restarted" in failed.error.message
     deadline = time.monotonic() + 5
-    while (_alive(pid) or _alive(child)) and time.monotonic() < deadline:
+    while (pid_alive(pid) or pid_alive(child)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(pid) and not _alive(child)
+    assert not pid_alive(pid) and not pid_alive(child)
 
 
 def test_crash_with_restart_job_on_worker_restart_restarts_the_job(own_emulator, make_job):
@@ -96,9 +86,7 @@ def test_crash_with_restart_job_on_worker_restart_restarts_the_job(own_emulator,
     done = wait_for_state(client, job.name, TERMINAL, timeout=60)
     assert done.state.name == "JOB_STATE_SUCCEEDED", done.error.message
     base = spec["job_spec"]["base_output_directory"]["output_uri_prefix"]
-    bucket, _, name = f"{base}/model/resumed.json"[5:].partition("/")
-    blob = storage.Client(credentials=AnonymousCredentials(), project="x").bucket(bucket).blob(name)
-    assert json.loads(blob.download_as_text())["checkpoint"]["epoch"] == 1
+    assert json.loads(read_gcs_text(f"{base}/model/resumed.json"))["checkpoint"]["epoch"] == 1
 
 
 def test_graceful_stop_kills_replicas(own_emulator, make_job):
@@ -107,7 +95,7 @@ def test_graceful_stop_kills_replicas(own_emulator, make_job):
     pid, child = map(int, _wait_log(own_emulator, job.name, r"pid=(\d+) child=(\d+)").groups())
     server_pid = own_emulator.pid
     own_emulator.stop()
-    assert not _alive(server_pid) and not _alive(pid) and not _alive(child)
+    assert not pid_alive(server_pid) and not pid_alive(pid) and not pid_alive(child)
     own_emulator.start()
     client = make_client(own_emulator.endpoint)
     assert wait_for_state(client, job.name, TERMINAL).state.name == "JOB_STATE_FAILED"
