@@ -59,6 +59,25 @@ def wait_http_ready(url: str, proc: subprocess.Popen | None, timeout: float, wha
     raise RuntimeError(f"{what} was not ready at {url} after {timeout:.0f} s ({last_error})")
 
 
+class LoopbackServer:
+    """What FakeGcs and VertexEmulator share: a server process of ours listening on `host:port`."""
+
+    host: str
+    port: int | None
+    _proc: subprocess.Popen | None
+
+    @property
+    def endpoint(self) -> str:
+        """`http://HOST:PORT`: STORAGE_EMULATOR_HOST for GCS, the `api_endpoint` of aiplatform clients for Vertex."""
+        if self.port is None:
+            raise RuntimeError(f"{type(self).__name__} is not started")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+
 def kill_group(leader: subprocess.Popen | int, grace: float = 5.0) -> None:
     """SIGTERM the process group `leader` leads, wait up to `grace` s for the leader, then SIGKILL the group.
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from emulators._proc import die_with_parent_preexec, free_port, kill_group, wait_http_ready
+from emulators._proc import LoopbackServer, die_with_parent_preexec, free_port, kill_group, wait_http_ready
 
 __all__ = ["FakeGcs", "fake_gcs_binary", "main"]
 
@@ -39,7 +39,7 @@ def fake_gcs_binary() -> Path:
     return binary
 
 
-class FakeGcs:
+class FakeGcs(LoopbackServer):
     """Start/stop fake-gcs-server on 127.0.0.1; `endpoint` is the value for STORAGE_EMULATOR_HOST.
 
     Args:
@@ -73,20 +73,9 @@ class FakeGcs:
         self._log_file = None
 
     @property
-    def endpoint(self) -> str:
-        """`http://127.0.0.1:PORT`: the value for STORAGE_EMULATOR_HOST."""
-        if self.port is None:
-            raise RuntimeError("FakeGcs is not started")
-        return f"http://{self.host}:{self.port}"
-
-    @property
     def env(self) -> dict[str, str]:
         """Environment variables a client process needs to use this server."""
         return {"STORAGE_EMULATOR_HOST": self.endpoint}
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
 
     def start(self) -> "FakeGcs":
         """Start the server and wait until it answers; retries once on a port race when the port was picked."""

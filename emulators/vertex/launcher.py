@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from emulators._proc import die_with_parent_preexec, kill_group, wait_http_ready
+from emulators._proc import LoopbackServer, die_with_parent_preexec, kill_group, wait_http_ready
 
 
 class AdminClient:
@@ -67,7 +67,7 @@ class AdminClient:
         self._call("POST", "/reset", json={"jobs": jobs})
 
 
-class VertexEmulator:
+class VertexEmulator(LoopbackServer):
     """Run `python -m emulators.vertex` in a subprocess.
 
     Args:
@@ -116,19 +116,8 @@ class VertexEmulator:
         self.log_path = Path(self._tmp.name) / "server.log"
 
     @property
-    def endpoint(self) -> str:
-        """`http://127.0.0.1:PORT`: the `api_endpoint` for aiplatform clients."""
-        if self.port is None:
-            raise RuntimeError("VertexEmulator is not started")
-        return f"http://{self.host}:{self.port}"
-
-    @property
     def admin(self) -> AdminClient:
         return AdminClient(self.endpoint)
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
 
     def start(self) -> "VertexEmulator":
         """Start the server and wait for `/emulator/v1/health`."""
