@@ -22,11 +22,18 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
+from tasks import gcs
 from tasks.errors import ConfigError
+from trainer.storage import atomic_write_bytes
 
-__all__ = ["SOURCE_DATE_EPOCH", "TrainerPackage", "build_trainer_sdist", "package_trainer", "secret_env_values"]
+if TYPE_CHECKING:
+    from google.cloud.storage import Client as StorageClient
+
+    from tasks.layout import BucketLayout
+
+__all__ = ["SOURCE_DATE_EPOCH", "TrainerPackage", "build_trainer_sdist", "package_trainer", "secret_env_values", "upload_package"]
 
 # 1980-01-01: the earliest time every archive format (zip included) can store.
 SOURCE_DATE_EPOCH = 315532800
@@ -176,10 +183,15 @@ def build_trainer_sdist(trainer_dir: Path, out_dir: Path, *, tf_version: str | N
         raise ConfigError(f"refusing to ship the trainer sdist: it contains the value of {names}; remove it from {trainer_dir}")
     sha256 = hashlib.sha256(data).hexdigest()
     target = out_dir / built.name
-    tmp_target = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp_target.write_bytes(data)
-    os.replace(tmp_target, target)
+    atomic_write_bytes(target, data)
     return TrainerPackage(path=target, sha256=sha256, filename=target.name)
+
+
+def upload_package(storage: StorageClient, layout: BucketLayout, package: TrainerPackage) -> tuple[str, int]:
+    """Upload the sdist to its content-addressed name; returns (object URI, bytes uploaded: 0 when it was there)."""
+    uri = layout.package(package.sha256, package.filename)
+    uploaded = gcs.upload_if_absent(storage, package.path, uri)
+    return uri, package.path.stat().st_size if uploaded else 0
 
 
 # --- Prefect task -----------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Results: metrics.json -> Prefect artifacts, and the champion/challenger pointer in the bucket.
 
-The champion is one JSON object at `{base_uri}/champion.json`. A model replaces it only when its test macro-F1 beats
+The champion is one JSON object (`BucketLayout.champion`). A model replaces it only when its test macro-F1 beats
 the champion's; the write is conditional on the object's generation, so two runs finishing together cannot both
 promote over the same champion.
 """
@@ -9,23 +9,25 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from prefect import task
+from typing import TYPE_CHECKING
+
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
 from tasks import gcs
 from tasks.config import PipelineConfig
 from tasks.errors import StorageError
+from tasks.layout import BucketLayout
 from tasks.vertex import JobOutcome
 
-CHAMPION_FILE = "champion.json"
+if TYPE_CHECKING:
+    from google.cloud.storage import Client as StorageClient
+
+SUMMARY_ARTIFACT = "finsent-summary"
 
 
 # --- pure ---------------------------------------------------------------------------------------------------------
-def metrics_uri(output_uri: str) -> str:
-    """Vertex sets AIP_MODEL_DIR to `<baseOutputDirectory>/model/`; the trainer writes metrics.json there."""
-    return f"{output_uri.rstrip('/')}/model/metrics.json"
-
-
 def results_rows(metrics_by_model: dict[str, dict]) -> list[dict]:
     rows = []
     for model, metrics in sorted(metrics_by_model.items()):
@@ -77,36 +79,33 @@ def links_markdown(cfg: PipelineConfig, outcomes: dict[str, JobOutcome], metrics
     lines = ["### Links", ""]
     for model, outcome in sorted(outcomes.items()):
         lines.append(f"- **{model}** Vertex job: [{outcome.job_name.rsplit('/', 1)[-1]}]({outcome.console_url})")
-        lines.append(f"  - model: `{outcome.output_uri.rstrip('/')}/model/`")
+        lines.append(f"  - model: `{BucketLayout.model_dir(outcome.output_uri)}`")
         wandb_url = metrics_by_model.get(model, {}).get("wandb", {}).get("url")
         lines.append(f"  - wandb: {wandb_url}" if wandb_url else f"  - wandb: offline run (project `{cfg.wandb.project}`)")
     return "\n".join(lines)
 
 
 # --- I/O ----------------------------------------------------------------------------------------------------------
-def read_champion(client, cfg: PipelineConfig) -> tuple[dict | None, int]:
-    """The champion record and its object generation (0 when there is none)."""
-    return gcs.read_json_versioned(client, f"{cfg.base_uri}/{CHAMPION_FILE}")
-
-
-def promote_if_better(client, cfg: PipelineConfig, record: dict) -> tuple[bool, dict | None]:
+def promote_if_better(storage: StorageClient, layout: BucketLayout, record: dict) -> tuple[bool, dict | None]:
     """Write `record` as champion if it beats the current one; returns (promoted, champion before)."""
-    uri = f"{cfg.base_uri}/{CHAMPION_FILE}"
+    uri = layout.champion
     for _ in range(5):
-        champion, generation = read_champion(client, cfg)
+        champion, generation = gcs.read_json_versioned(storage, uri)
         if not should_promote(record["test_macro_f1"], champion):
             return False, champion
         try:
-            gcs.write_json(client, uri, record, if_generation_match=generation)
+            gcs.write_json(storage, uri, record, if_generation_match=generation)
             return True, champion
         except gcs.GenerationMismatchError:
             continue  # another run promoted meanwhile: compare against the new champion
     raise StorageError(f"could not update {uri}: it kept changing under us; run again")
 
 
-@task(name="report-results")
+@task(name="report-results", cache_policy=NO_CACHE)
 def report_results(
     cfg: PipelineConfig,
+    storage: StorageClient,
+    layout: BucketLayout,
     outcomes: dict[str, JobOutcome],
     *,
     inputs_key: str,
@@ -114,15 +113,16 @@ def report_results(
     trainer_sha256: str,
     run_key: str,
 ) -> dict:
-    """Publish metrics, confusion matrices and links as artifacts; promote the best model if it beats the champion."""
-    client = gcs.storage_client(cfg)
+    """Publish metrics, confusion matrices and links as artifacts; promote the best model if it beats the champion.
+
+    `storage` is the flow run's client (NO_CACHE: a client cannot be hashed into a cache key).
+    """
     metrics_by_model = {}
     for model, outcome in outcomes.items():
-        metrics = gcs.read_json(client, metrics_uri(outcome.output_uri))
+        uri = layout.metrics(outcome.output_uri)
+        metrics = gcs.read_json(storage, uri)
         if metrics is None:
-            raise StorageError(
-                f"{model}: the job succeeded but {metrics_uri(outcome.output_uri)} is missing; see {outcome.console_url}"
-            )
+            raise StorageError(f"{model}: the job succeeded but {uri} is missing; see {outcome.console_url}")
         metrics_by_model[model] = metrics
     rows = results_rows(metrics_by_model)
     create_table_artifact(key="finsent-metrics", table=rows, description="Test metrics per model")
@@ -132,7 +132,7 @@ def report_results(
     winner = best_model(metrics_by_model)
     record = {
         "model": winner,
-        "model_uri": f"{outcomes[winner].output_uri.rstrip('/')}/model/",
+        "model_uri": layout.model_dir(outcomes[winner].output_uri),
         "test_macro_f1": metrics_by_model[winner]["test"]["macro_f1"],
         "test_accuracy": metrics_by_model[winner]["test"]["accuracy"],
         "inputs_key": inputs_key,
@@ -142,7 +142,7 @@ def report_results(
         "vertex_job": outcomes[winner].job_name,
         "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    promoted, previous = promote_if_better(client, cfg, record)
+    promoted, previous = promote_if_better(storage, layout, record)
     verdict = (
         f"**{winner}** (test macro-F1 {record['test_macro_f1']:.4f}) is the new champion"
         if promoted
@@ -150,6 +150,18 @@ def report_results(
         f"beats or ties {winner} at {record['test_macro_f1']:.4f}"
     )
     create_markdown_artifact(
-        key="finsent-summary", markdown=f"## finsent run {run_key}\n\n{verdict}\n\n{links_markdown(cfg, outcomes, metrics_by_model)}"
+        key=SUMMARY_ARTIFACT, markdown=f"## finsent run {run_key}\n\n{verdict}\n\n{links_markdown(cfg, outcomes, metrics_by_model)}"
     )
     return {"metrics": rows, "champion_promoted": promoted, "winner": winner, "verdict": verdict}
+
+
+@task(name="report-skipped")
+def report_skipped(previous: dict, *, data_fingerprint: str, trainer_sha256: str) -> str:
+    """Say in the run's summary why nothing was trained: an earlier run trained these very inputs."""
+    message = (
+        f"Skipped: data {data_fingerprint[:12]}, trainer {trainer_sha256[:12]} and settings are unchanged "
+        f"since run {previous['run_key']} (pass force=true to train anyway)."
+    )
+    get_run_logger().info(message)
+    create_markdown_artifact(key=SUMMARY_ARTIFACT, markdown=f"## finsent\n\n{message}")
+    return message

@@ -10,12 +10,18 @@ from google.cloud import storage
 from flows.train import train
 from tasks.config import parse_config
 from tasks.errors import ConfigError
+from tasks.layout import BucketLayout
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
+def _champion_blob(bucket: str) -> storage.Blob:
+    name = BucketLayout(bucket, "finsent").champion.removeprefix(f"gs://{bucket}/")
+    return storage.Client(project="t").bucket(bucket).blob(name)
+
+
 def _champion(bucket: str) -> dict | None:
-    blob = storage.Client(project="t").bucket(bucket).blob("finsent/champion.json")
+    blob = _champion_blob(bucket)
     return json.loads(blob.download_as_bytes()) if blob.exists() else None
 
 
@@ -67,7 +73,7 @@ def test_trains_both_models_reports_and_skips_an_unchanged_rerun(flow_config, ve
 
     # Forced: trains again, uploads nothing (content-addressed), and a better champion is kept.
     better = dict(champion, test_macro_f1=0.999, model="lstm")
-    storage.Client(project="t").bucket(gcs_bucket).blob("finsent/champion.json").upload_from_string(json.dumps(better))
+    _champion_blob(gcs_bucket).upload_from_string(json.dumps(better))
     forced = train(config=parse_config(flow_config), force=True, return_state=True).result()
     assert not forced["skipped"] and forced["bytes_uploaded"] == 0
     assert not forced["champion_promoted"] and "champion kept" in forced["verdict"]

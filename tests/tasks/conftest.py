@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,6 +15,15 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
 PHRASEBANK_ZIP = SHARED_DATA / "financial_phrasebank" / "FinancialPhraseBank-v1.0.zip"
 KAGGLE_CSV = SHARED_DATA / "financial_news_kaggle" / "all-data.csv"
+
+
+def failed_state(error: BaseException) -> SimpleNamespace:
+    """What Prefect hands a `retry_condition_fn`: a state whose `result()` raises the task's exception."""
+
+    def result():
+        raise error
+
+    return SimpleNamespace(result=result)
 
 
 def phrasebank_text(per_class: int = 10, labels: tuple[str, ...] = ("negative", "neutral", "positive")) -> str:
@@ -77,3 +87,19 @@ def require_phrasebank() -> Path:
     if not PHRASEBANK_ZIP.exists():
         pytest.skip(f"real Financial PhraseBank zip not found at {PHRASEBANK_ZIP} (expected in ../shared/data)")
     return PHRASEBANK_ZIP
+
+
+@pytest.fixture
+def storage(gcs_emulator):
+    """A storage client on fake-gcs-server, built the way the flow builds it (anonymous against an emulator)."""
+    from tasks import gcs
+    from tasks.config import PipelineConfig
+
+    return gcs.storage_client(PipelineConfig(project="test-project", bucket="unused"))
+
+
+@pytest.fixture
+def layout(gcs_bucket):
+    from tasks.layout import BucketLayout
+
+    return BucketLayout(gcs_bucket, "finsent")

@@ -1,4 +1,4 @@
-"""tasks/dataset.py: real PhraseBank and Kaggle files, every bad input, https and gs:// sources."""
+"""tasks/dataset/: real PhraseBank and Kaggle files, every bad input, https and gs:// sources, the upload."""
 
 from __future__ import annotations
 
@@ -7,21 +7,22 @@ import json
 import random
 import socket
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from tasks.config import LABELS, DataConfig
+from tasks import gcs
 from tasks.dataset import (
     SPLITS,
     DataUnavailableError,
-    _retry_unless_bad_data,
     fetch_dataset,
     load_prepared,
     prepare_dataset,
+    upload_dataset,
 )
-from tasks.errors import DataError, StorageError
-from tests.tasks.conftest import KAGGLE_CSV, make_zip, phrasebank_text, phrasebank_zip
+from tasks.errors import DataError
+from tasks.transient import retry_if_transient
+from tests.tasks.conftest import KAGGLE_CSV, failed_state, make_zip, phrasebank_text, phrasebank_zip
 
 
 def read_split(path: Path) -> list[dict[str, str]]:
@@ -287,17 +288,49 @@ class TestHttpSource:
 
 
 class TestGsSource:
-    def test_fetch_from_bucket(self, gcs_emulator, monkeypatch, tmp_path):
-        from tasks import gcs
-
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.endpoint)
-        gcs_emulator.create_bucket("finsent-data-src")
-        client = gcs.storage_client_from_env("test")
-        client.bucket("finsent-data-src").blob("raw/pb.zip").upload_from_string(phrasebank_zip())
-        prepared = prepare_dataset(DataConfig(uri="gs://finsent-data-src/raw/pb.zip"), tmp_path)
+    def test_fetch_from_bucket(self, storage, gcs_bucket, tmp_path):
+        storage.bucket(gcs_bucket).blob("raw/pb.zip").upload_from_string(phrasebank_zip())
+        prepared = prepare_dataset(DataConfig(uri=f"gs://{gcs_bucket}/raw/pb.zip"), tmp_path, storage=storage)
         assert prepared.manifest["counts"]["all"]["total"] == 30
-        with pytest.raises(DataError, match=r"gs://finsent-data-src/raw/absent.zip does not exist"):
-            prepare_dataset(DataConfig(uri="gs://finsent-data-src/raw/absent.zip"), tmp_path / "x", gcs_client=client)
+        with pytest.raises(DataError, match=rf"gs://{gcs_bucket}/raw/absent.zip does not exist"):
+            prepare_dataset(DataConfig(uri=f"gs://{gcs_bucket}/raw/absent.zip"), tmp_path / "x", storage=storage)
+
+
+class TestUpload:
+    @pytest.fixture
+    def prepared(self, tmp_path):
+        return prepare_dataset(DataConfig(uri=write(tmp_path, "pb.zip", phrasebank_zip())), tmp_path / "work")
+
+    def test_content_addressed_and_uploaded_once(self, storage, layout, gcs_bucket, prepared):
+        folder, uploaded = upload_dataset(storage, layout, prepared)
+        assert folder == layout.dataset_dir(prepared.fingerprint)
+        assert uploaded == sum(p.stat().st_size for p in prepared.files)
+        names = sorted(f"gs://{gcs_bucket}/{blob.name}" for blob in storage.list_blobs(gcs_bucket))
+        assert names == sorted(layout.dataset_file(prepared.fingerprint, p.name) for p in prepared.files)
+        assert upload_dataset(storage, layout, prepared) == (folder, 0)
+        assert gcs.read_json(storage, layout.dataset_file(prepared.fingerprint, "manifest.json")) == prepared.manifest
+
+    def test_manifest_goes_last_and_a_partial_upload_completes(self, storage, layout, prepared, monkeypatch):
+        from google.api_core import exceptions as gexc
+
+        real = gcs.upload_if_absent
+        order = []
+
+        def fail_on_manifest(client, local, uri):
+            order.append(Path(uri).name)
+            if uri.endswith("manifest.json"):
+                raise gexc.ServiceUnavailable("injected")
+            return real(client, local, uri)
+
+        monkeypatch.setattr(gcs, "upload_if_absent", fail_on_manifest)
+        with pytest.raises(gexc.ServiceUnavailable):
+            upload_dataset(storage, layout, prepared)
+        assert order == ["train.csv", "validation.csv", "test.csv", "manifest.json"]
+        manifest_uri = layout.dataset_file(prepared.fingerprint, "manifest.json")
+        assert not gcs.exists(storage, manifest_uri)  # incomplete: not a data set yet
+        monkeypatch.setattr(gcs, "upload_if_absent", real)
+        _, uploaded = upload_dataset(storage, layout, prepared)
+        assert uploaded == (prepared.directory / "manifest.json").stat().st_size
 
 
 class TestTask:
@@ -309,13 +342,14 @@ class TestTask:
             prepared = fetch_dataset.fn(DataConfig(uri=uri), tmp_path / "w")
         assert prepared.directory.parent == tmp_path / "w" / "datasets"
         assert fetch_dataset.name == "fetch-dataset" and fetch_dataset.retries == 2
+        assert fetch_dataset.retry_condition_fn is retry_if_transient
 
-    @pytest.mark.parametrize(
-        ("error", "retry"),
-        [(DataError("bad labels"), False), (DataUnavailableError("503"), True), (OSError("reset"), True), (StorageError("x"), False)],
-    )
-    def test_retries_only_what_a_retry_can_fix(self, error, retry):
-        def result():
-            raise error
+    def test_an_unreachable_source_is_retried_and_bad_data_is_not(self, http_server, tmp_path):
+        def verdict(uri: str) -> bool:
+            with pytest.raises(DataError) as info:
+                prepare_dataset(DataConfig(uri=uri), tmp_path)
+            return retry_if_transient(None, None, failed_state(info.value))
 
-        assert _retry_unless_bad_data(None, None, SimpleNamespace(result=result)) is retry
+        assert verdict(http_server.add("/busy2.zip", b"busy", status=503)) is True
+        assert verdict(http_server.url + "/missing.zip") is False
+        assert verdict(write(tmp_path, "bad.csv", b"text,label\nx,maybe\n")) is False

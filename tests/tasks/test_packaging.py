@@ -12,37 +12,14 @@ import pytest
 from tasks.errors import ConfigError
 from tasks.packaging import build_trainer_sdist, package_trainer
 from tests.tasks.conftest import REPO
-
-PYPROJECT = """\
-[build-system]
-requires = ["setuptools>=64"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "tiny-trainer"
-version = "0.0.1"
-requires-python = ">=3.10"
-dynamic = ["dependencies"]
-
-[tool.setuptools.dynamic]
-dependencies = { file = ["requirements.txt"] }
-
-[tool.setuptools.packages.find]
-where = ["src"]
-"""
+from tests.tiny_project import write_tiny_project
 
 
 @pytest.fixture
 def tiny_trainer(tmp_path) -> Path:
     """A minimal project shaped like trainer/ (dependencies read from requirements.txt)."""
-    root = tmp_path / "tiny"
-    (root / "src" / "tiny").mkdir(parents=True)
-    (root / "pyproject.toml").write_text(PYPROJECT)
-    (root / "MANIFEST.in").write_text("include requirements.txt\n")
-    (root / "requirements.txt").write_text("numpy>=1.23\n")
-    (root / "src" / "tiny" / "__init__.py").write_text("VALUE = 1\n")
-    (root / "src" / "tiny" / "task.py").write_text("print('train')\n")
-    return root
+    modules = {"__init__.py": "VALUE = 1\n", "task.py": "print('train')\n"}
+    return write_tiny_project(tmp_path / "tiny", "tiny-trainer", "0.0.1", "tiny", modules, requirements="numpy>=1.23\n")
 
 
 def members(path: Path) -> dict[str, bytes]:
@@ -159,3 +136,15 @@ def test_task_fn(tiny_trainer, tmp_path):
     with disable_run_logger():
         package = package_trainer.fn(tiny_trainer, tmp_path, "2.17")
     assert package.path.exists() and package_trainer.name == "package-trainer"
+
+
+def test_upload_package_is_content_addressed_and_uploaded_once(storage, layout, tmp_path):
+    from tasks.packaging import TrainerPackage, upload_package
+
+    path = tmp_path / "finsent_trainer-0.1.0.tar.gz"
+    path.write_bytes(b"not really a tarball, but bytes are bytes" * 10)
+    package = TrainerPackage(path=path, sha256="ab" * 32, filename=path.name)
+    uri, uploaded = upload_package(storage, layout, package)
+    assert uri == layout.package(package.sha256, package.filename)
+    assert uploaded == path.stat().st_size
+    assert upload_package(storage, layout, package) == (uri, 0)

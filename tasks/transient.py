@@ -1,0 +1,45 @@
+"""What a retry can fix: the one predicate the Prefect tasks of the storage and data steps retry on.
+
+Transient means the service or the network, not us: 5xx and 429 from Google APIs, connection resets and timeouts
+(the storage client runs on `requests`; google.auth's token refresh has its own transport error), and named
+errors that say so by subclassing `TransientError` (an unreachable data source). Everything else fails at once: a
+named finsent error (missing bucket, bad data) or a programming error (TypeError) fails the same way again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.auth.exceptions import TransportError as AuthTransportError
+from requests import exceptions as rexc
+
+# Google API errors that the storage layer lets through unmapped, for the task to retry.
+TRANSIENT_API_ERRORS = (gexc.ServerError, gexc.TooManyRequests)
+
+TRANSIENT_ERRORS = (
+    *TRANSIENT_API_ERRORS,
+    gexc.RetryError,  # the client's own retries ran out of time
+    ConnectionError,
+    TimeoutError,
+    rexc.ConnectionError,
+    rexc.Timeout,
+    AuthTransportError,
+)
+
+
+class TransientError(Exception):
+    """Mixin for a named error that a later attempt can fix (e.g. the data source answered 503)."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, (TransientError, *TRANSIENT_ERRORS))
+
+
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect `retry_condition_fn`: retry the failed task run only when its exception is transient."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - classified, not swallowed: the state keeps the exception
+        return is_transient(exc)
+    return False

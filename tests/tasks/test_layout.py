@@ -1,0 +1,56 @@
+"""tasks/layout.py: every object path of the bucket, from one object, and the tree it draws."""
+
+from __future__ import annotations
+
+from tasks.config import PipelineConfig
+from tasks.layout import BucketLayout
+
+LAYOUT = BucketLayout("bkt", "finsent")
+
+
+def test_every_path_in_one_place():
+    assert LAYOUT.root == "gs://bkt/finsent"
+    assert LAYOUT.dataset_dir("f00d") == "gs://bkt/finsent/data/f00d"
+    assert LAYOUT.dataset_file("f00d", "train.csv") == "gs://bkt/finsent/data/f00d/train.csv"
+    assert LAYOUT.package("ab" * 32, "t-0.1.tar.gz") == "gs://bkt/finsent/packages/abababababababab/t-0.1.tar.gz"
+    output = LAYOUT.run_output("Run/Key 1", "bert")
+    assert output == "gs://bkt/finsent/runs/run-key-1/bert"  # the run key as a GCP label value, like the job labels
+    assert LAYOUT.model_dir(output) == "gs://bkt/finsent/runs/run-key-1/bert/model/"
+    assert LAYOUT.metrics(output) == "gs://bkt/finsent/runs/run-key-1/bert/model/metrics.json"
+    assert LAYOUT.checkpoint_dir(output) == "gs://bkt/finsent/runs/run-key-1/bert/checkpoints/"
+    assert LAYOUT.trained_marker("k3y") == "gs://bkt/finsent/trained/k3y.json"
+    assert LAYOUT.champion == "gs://bkt/finsent/champion.json"
+
+
+def test_run_output_is_the_flows_value_before_the_layout():
+    cfg = PipelineConfig(project="p", bucket="bkt")
+    from tasks.vertex import label_value
+
+    run_key = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    assert BucketLayout.of(cfg).run_output(run_key, "lstm") == f"{cfg.base_uri}/runs/{label_value(run_key)}/lstm"
+
+
+def test_prefix_slashes_and_an_empty_prefix():
+    assert BucketLayout("bkt", "/a/b/").champion == "gs://bkt/a/b/champion.json"
+    assert BucketLayout("bkt", "").champion == "gs://bkt/champion.json"
+    assert BucketLayout("bkt").dataset_dir("f") == "gs://bkt/data/f"
+
+
+def test_tree_names_every_object():
+    tree = LAYOUT.tree()
+    assert tree.splitlines()[0] == "gs://bkt/finsent/"
+    names = [line.strip().split("  ")[0] for line in tree.splitlines()[1:]]
+    assert names == [
+        "data/<fingerprint>/",
+        "data/<fingerprint>/train.csv",
+        "data/<fingerprint>/validation.csv",
+        "data/<fingerprint>/test.csv",
+        "data/<fingerprint>/manifest.json",
+        "packages/<sha256[:16]>/<sdist>",
+        "runs/<run label>/<model>/",
+        "runs/<run label>/<model>/model/",
+        "runs/<run label>/<model>/model/metrics.json",
+        "runs/<run label>/<model>/checkpoints/",
+        "trained/<inputs key>.json",
+        "champion.json",
+    ]
