@@ -3,8 +3,9 @@
 - `train/vertex`: weekly retraining (cron, default Monday 03:00 UTC), settings from `FINSENT_CONFIG` (a JSON file of
   PipelineConfig fields) with environment overrides. Pointed at the emulators when FINSENT_VERTEX_ENDPOINT and
   STORAGE_EMULATOR_HOST are set (that is what `make demo` does).
-- `train/emulators`: no schedule, the same settings forced onto the local emulators with small trainer settings,
-  for trying changes without a cloud project.
+- `train/emulators`: only when the settings name a Vertex endpoint (FINSENT_VERTEX_ENDPOINT, i.e. the emulator): no
+  schedule, the same settings with anonymous credentials, to run by hand while trying changes without a cloud
+  project. Trainer settings are whatever FINSENT_CONFIG says (deployments/emulators.json for `make demo`).
 
 Everything is validated here, at deploy time, so a bad cron or config never reaches the scheduler.
 """
@@ -56,7 +57,8 @@ def config_from_env(env: Mapping[str, str] = os.environ) -> PipelineConfig:
     if env.get("FINSENT_VERTEX_ENDPOINT") and env.get("STORAGE_EMULATOR_HOST"):
         raw["anonymous_credentials"] = True  # emulators: never send real credentials to a local endpoint
     for params in raw.get("params", {}).values():
-        params["pretrained"] = _local_checkpoint(params.get("pretrained"))
+        if "pretrained" in params:  # a model without one takes the trainer's default checkpoint
+            params["pretrained"] = _local_checkpoint(params["pretrained"])
     return parse_config(raw)
 
 
