@@ -15,6 +15,7 @@ Stdlib only and Python 3.10: it runs on Vertex's prebuilt training images, and t
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from trainer.errors import ConfigError
@@ -75,51 +76,51 @@ def _both(value: Any) -> Dict[str, Any]:
 # on PhraseBank, docs/benchmarks.md). `--pretrained none --lstm-embeddings learned` trains it with no checkpoint.
 PARAMS: Tuple[Param, ...] = (
     Param("pretrained", "checkpoint", _both(BERT_CHECKPOINT),
-       "HF-format BERT checkpoint (config.json, model.safetensors, vocab.txt): a local dir, a gs:// dir, or a "
-       "Hugging Face hub id (org/name or hf://org/name); 'none' for no checkpoint (lstm only). bert: the "
-       "backbone; lstm: its vocab.txt and, unless lstm_embeddings is learned, its token embeddings (without "
-       "one, a WordPiece vocab is trained on the training split)."),
+        "HF-format BERT checkpoint (config.json, model.safetensors, vocab.txt): a local dir, a gs:// dir, or a "
+        "Hugging Face hub id (org/name or hf://org/name); 'none' for no checkpoint (lstm only). bert: the "
+        "backbone; lstm: its vocab.txt and, unless lstm_embeddings is learned, its token embeddings (without "
+        "one, a WordPiece vocab is trained on the training split)."),
     Param("epochs", "int", {"bert": 4, "lstm": 15}, "Maximum number of epochs (early stopping may end sooner).",
-       minimum=1, maximum=100),
+        minimum=1, maximum=100),
     Param("batch_size", "int", _both(32), "Batch size (fixed for every padded length).", minimum=1, maximum=4096),
     Param("learning_rate", "float", {"bert": 5e-5, "lstm": 2e-3}, "Peak learning rate.", above=0, below=1),
     Param("max_seq_len", "int", _both(128),
-       "Truncate to this many WordPiece tokens; batches are padded to one of a few fixed lengths up to this "
-       "(see buckets).", minimum=8, maximum=512),
+        "Truncate to this many WordPiece tokens; batches are padded to one of a few fixed lengths up to this "
+        "(see buckets).", minimum=8, maximum=512),
     Param("buckets", "lengths", _both(None),
-       "Comma-separated padded lengths, e.g. 64 (max_seq_len is always one). XLA compiles the train and predict "
-       "steps once per length, so fewer buckets mean less compile time and more padded compute (on a GPU, where "
-       "a PhraseBank-sized epoch takes seconds, compile time dominates). auto = 32,64,96,... below max_seq_len, "
-       "leaving out any that would hold < 5% of the training sentences (they go to the next longer one)."),
+        "Comma-separated padded lengths, e.g. 64 (max_seq_len is always one). XLA compiles the train and predict "
+        "steps once per length, so fewer buckets mean less compile time and more padded compute (on a GPU, where "
+        "a PhraseBank-sized epoch takes seconds, compile time dominates). auto = 32,64,96,... below max_seq_len, "
+        "leaving out any that would hold < 5% of the training sentences (they go to the next longer one)."),
     Param("seed", "int", _both(42), "Random seed (weights init, shuffling, dropout).", minimum=0),
     Param("patience", "int", {"bert": 2, "lstm": 4},
-       "Early stopping: epochs without a validation macro-F1 gain before stopping; best weights are restored.",
-       minimum=1),
+        "Early stopping: epochs without a validation macro-F1 gain before stopping; best weights are restored.",
+        minimum=1),
     Param("precision", "choice", _both("auto"),
-       "auto: mixed_bfloat16 on bf16-capable GPUs, mixed_float16 on older GPUs, float32 on CPU.",
-       choices=("auto", "float32", "mixed_bfloat16", "mixed_float16")),
+        "auto: mixed_bfloat16 on bf16-capable GPUs, mixed_float16 on older GPUs, float32 on CPU.",
+        choices=("auto", "float32", "mixed_bfloat16", "mixed_float16")),
     Param("warmup_ratio", "float", {"bert": 0.1},
-       "Fraction of training steps of linear learning-rate warm-up (then cosine decay to 0).", minimum=0, below=1),
+        "Fraction of training steps of linear learning-rate warm-up (then cosine decay to 0).", minimum=0, below=1),
     Param("weight_decay", "float", _both(0.01), "AdamW weight decay (not on biases/norms).", minimum=0),
     Param("dropout", "float", {"bert": 0.1, "lstm": 0.5},
-       "Dropout before the classification layer (lstm: also on the embeddings).", minimum=0, below=1),
+        "Dropout before the classification layer (lstm: also on the embeddings).", minimum=0, below=1),
     Param("class_weights", "choice", {"bert": "balanced", "lstm": "sqrt"},
-       "Loss weight per class from the training split: balanced = n / (k * count) as sklearn's, sqrt = its "
-       "square root (milder), none = 1.", choices=("balanced", "sqrt", "none")),
+        "Loss weight per class from the training split: balanced = n / (k * count) as sklearn's, sqrt = its "
+        "square root (milder), none = 1.", choices=("balanced", "sqrt", "none")),
     Param("pooling", "choice", {"bert": "cls"},
-       "Sentence vector for the classifier: the pre-trained [CLS] pooler, or the masked mean of the token "
-       "vectors (better for sentence-embedding checkpoints such as all-MiniLM).", choices=("cls", "mean")),
+        "Sentence vector for the classifier: the pre-trained [CLS] pooler, or the masked mean of the token "
+        "vectors (better for sentence-embedding checkpoints such as all-MiniLM).", choices=("cls", "mean")),
     Param("lstm_embeddings", "choice", {"lstm": "frozen"},
-       "learned = embeddings trained from scratch; pretrained = initialised from the pretrained checkpoint's "
-       "token embeddings (its vocab and width) and fine-tuned; frozen = the checkpoint's token embeddings, not "
-       "trained. pretrained and frozen need a checkpoint.", choices=("learned", "pretrained", "frozen")),
+        "learned = embeddings trained from scratch; pretrained = initialised from the pretrained checkpoint's "
+        "token embeddings (its vocab and width) and fine-tuned; frozen = the checkpoint's token embeddings, not "
+        "trained. pretrained and frozen need a checkpoint.", choices=("learned", "pretrained", "frozen")),
     Param("lstm_vocab_size", "int", {"lstm": 4000},
-       "Without a pretrained checkpoint: size of the WordPiece vocab trained on the training split.", minimum=100),
+        "Without a pretrained checkpoint: size of the WordPiece vocab trained on the training split.", minimum=100),
     Param("lstm_embedding_dim", "int", {"lstm": 64}, "Embedding size (a checkpoint's embeddings bring their own).",
-       minimum=1),
+        minimum=1),
     Param("lstm_units", "int", {"lstm": 64}, "Units per LSTM direction.", minimum=1),
     Param("lstm_pooling", "choice", {"lstm": "mean_max"},
-       "Masked mean of the BiLSTM outputs, or mean and max concatenated.", choices=("mean", "mean_max")),
+        "Masked mean of the BiLSTM outputs, or mean and max concatenated.", choices=("mean", "mean_max")),
 )
 BY_NAME: Dict[str, Param] = {p.name: p for p in PARAMS}
 
@@ -141,6 +142,8 @@ def _checked(p: Param, value: Any, spell: Callable[[str], str]) -> Any:
         if isinstance(value, bool) or not isinstance(value, numeric):
             raise refuse("an integer" if p.kind == "int" else "a number")
         value = float(value) if p.kind == "float" else value
+        if not math.isfinite(value):
+            raise refuse("a finite number")
         if ((p.minimum is not None and value < p.minimum) or (p.above is not None and value <= p.above)
                 or (p.maximum is not None and value > p.maximum) or (p.below is not None and value >= p.below)):
             raise refuse(p.bounds_text())
@@ -209,7 +212,7 @@ def resolve(model: str, given: Mapping[str, Any], *, spell: Callable[[str], str]
     for name, value in given.items():
         p = BY_NAME.get(name)
         if p is None:
-            raise ConfigError(f"{name} is not a hyper-parameter of the trainer (known: {', '.join(values)})")
+            raise ConfigError(f"{name} is not a hyper-parameter of {model} (known: {', '.join(values)})")
         if model not in p.defaults:
             raise ConfigError(f"{spell(name)} applies to {' and '.join(p.models)} only, not {model}")
         values[name] = _checked(p, value, spell)
