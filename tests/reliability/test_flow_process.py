@@ -13,8 +13,7 @@ import uuid
 import anyio
 import pytest
 
-from tasks import vertex
-from tests.reliability.conftest import PYTHON, ROOT, lstm_config, subprocess_env, wait_until
+from tests.reliability.conftest import PYTHON, ROOT, lstm_config, run_jobs, subprocess_env, wait_until
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -33,18 +32,19 @@ serve(train.to_deployment(name=sys.argv[2], parameters={"config": json.loads(sys
 """
 
 
-def _run_jobs(admin, run_key):
-    return [j for j in admin.jobs() if j.get("labels", {}).get(vertex.LABEL_RUN) == vertex.label_value(run_key)]
+@pytest.fixture
+def flow_process(prefect_server, vertex_emulator, gcs_bucket, small_csv, tmp_path):
+    """`spawn(code, arg, epochs=, log=)`: `code` in its own Python process (argv: a cheap LSTM config of `epochs`,
+    then `arg`) against the session's Prefect server, output in tmp_path/log; `env` is that process's environment."""
+    env = subprocess_env(prefect_server)
 
+    def spawn(code: str, arg: str, *, epochs: int, log: str) -> subprocess.Popen:
+        cfg = json.dumps(lstm_config(vertex_emulator.endpoint, gcs_bucket, str(small_csv), epochs=epochs))
+        return subprocess.Popen([PYTHON, "-c", code, cfg, arg], cwd=ROOT, env=env, stdout=open(tmp_path / log, "w"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
-def _creates(admin):
-    return [r for r in admin.requests() if r["method"] == "create"]
-
-
-def _spawn(code, args, log_path, env):
-    out = open(log_path, "w")
-    return subprocess.Popen([PYTHON, "-c", code, *args], cwd=ROOT, env=env, stdout=out,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    spawn.env = env
+    return spawn
 
 
 def _stop(proc, sig=signal.SIGTERM, timeout=20):
@@ -57,16 +57,12 @@ def _stop(proc, sig=signal.SIGTERM, timeout=20):
             proc.wait()
 
 
-def test_sigkill_mid_poll_then_same_run_key_reattaches(prefect_server, vertex_admin, vertex_emulator,
-                                                        gcs_bucket, small_csv, tmp_path):
+def test_sigkill_mid_poll_then_same_run_key_reattaches(vertex_admin, flow_process, tmp_path):
     run_key = f"crash-{uuid.uuid4().hex[:8]}"
-    cfg = json.dumps(lstm_config(vertex_emulator.endpoint, gcs_bucket, str(small_csv), epochs=12))
-    env = subprocess_env(prefect_server)
-
-    first = _spawn(RUN_FLOW, [cfg, run_key], tmp_path / "first.log", env)
+    first = flow_process(RUN_FLOW, run_key, epochs=12, log="first.log")
     try:
         def polled_while_running():
-            jobs = _run_jobs(vertex_admin, run_key)
+            jobs = run_jobs(vertex_admin, run_key)
             if not jobs or jobs[0]["state"] != "JOB_STATE_RUNNING":
                 return None
             gets = [r for r in vertex_admin.requests("get") if r.get("job") and jobs[0]["name"].endswith(r["job"])
@@ -84,7 +80,7 @@ def test_sigkill_mid_poll_then_same_run_key_reattaches(prefect_server, vertex_ad
     assert after_crash["state"] in ("JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED")
 
     started = time.monotonic()
-    second = _spawn(RUN_FLOW, [cfg, run_key], tmp_path / "second.log", env)
+    second = flow_process(RUN_FLOW, run_key, epochs=12, log="second.log")
     try:
         second.wait(240)
     finally:
@@ -92,8 +88,8 @@ def test_sigkill_mid_poll_then_same_run_key_reattaches(prefect_server, vertex_ad
     out = (tmp_path / "second.log").read_text()
     assert second.returncode == 0, out[-3000:]
     assert "FINSENT-RESULT" in out and f"Reattaching to {job['name']}" in out
-    creates = _creates(vertex_admin)
-    jobs = _run_jobs(vertex_admin, run_key)
+    creates = vertex_admin.requests("create")
+    jobs = run_jobs(vertex_admin, run_key)
     assert len(creates) == 1 and len(jobs) == 1 and jobs[0]["state"] == "JOB_STATE_SUCCEEDED"
     state_seen = out.split(f"Reattaching to {job['name']} (", 1)[1].split(")", 1)[0]
     print(f"\n[sigkill] reattached to a {state_seen} job; creates {len(creates)}; "
@@ -107,14 +103,11 @@ async def _flow_run(flow_run_id):
         return await client.read_flow_run(flow_run_id)
 
 
-def test_cancelling_the_flow_run_cancels_the_vertex_job(prefect_server, vertex_admin, vertex_emulator,
-                                                        gcs_bucket, small_csv, tmp_path):
+def test_cancelling_the_flow_run_cancels_the_vertex_job(vertex_admin, flow_process, tmp_path):
     from prefect.deployments import run_deployment
 
     name = f"rel-cancel-{uuid.uuid4().hex[:6]}"
-    cfg = json.dumps(lstm_config(vertex_emulator.endpoint, gcs_bucket, str(small_csv), epochs=100))
-    env = subprocess_env(prefect_server)
-    server = _spawn(SERVE, [cfg, name], tmp_path / "serve.log", env)
+    server = flow_process(SERVE, name, epochs=100, log="serve.log")
     try:
         def deployment_ready():
             from prefect import get_client
@@ -131,12 +124,12 @@ def test_cancelling_the_flow_run_cancels_the_vertex_job(prefect_server, vertex_a
         wait_until(deployment_ready, 60, "the served deployment", 0.5)
         flow_run = run_deployment(f"train/{name}", timeout=0)
         run_key = str(flow_run.id)
-        job = wait_until(lambda: next((j for j in _run_jobs(vertex_admin, run_key)
+        job = wait_until(lambda: next((j for j in run_jobs(vertex_admin, run_key)
                                        if j["state"] == "JOB_STATE_RUNNING"), None), 180, "the job RUNNING", 0.2)
 
         t0 = time.monotonic()
         cli = subprocess.run([str(ROOT / ".venv" / "bin" / "prefect"), "flow-run", "cancel", str(flow_run.id)],
-                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+                             env=flow_process.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
         cli_seconds = time.monotonic() - t0
         assert cli.returncode == 0, cli.stdout + cli.stderr
         wait_until(lambda: vertex_admin.job(job["name"])["state"] == "JOB_STATE_CANCELLED", 60,
@@ -150,7 +143,7 @@ def test_cancelling_the_flow_run_cancels_the_vertex_job(prefect_server, vertex_a
     done = vertex_admin.job(job["name"])
     assert done["emulator"]["cancelRequested"] and done["state"] == "JOB_STATE_CANCELLED"
     assert final.state.is_cancelled(), final.state
-    assert len(_creates(vertex_admin)) == 1
+    assert len(vertex_admin.requests("create")) == 1
     print(f"\n[cancel] CLI returned after {cli_seconds:.2f}s; Vertex job CANCELLED {latency:.2f}s after the cancel "
           f"command started; flow run {final.state.name}")
     assert latency < 10, f"cancel took {latency:.1f}s to reach Vertex\n{log[-3000:]}"

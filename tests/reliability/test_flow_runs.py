@@ -22,14 +22,11 @@ from prefect.exceptions import ParameterTypeError
 from tasks import vertex
 from tasks.config import parse_config
 from tasks.errors import ConfigError, DataError
-from tests.reliability.conftest import lstm_config
+from tasks.layout import BucketLayout
+from tests.reliability.conftest import lstm_config, run_jobs
 from emulators.sample_data import make_zip
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-
-
-def _creates(admin):
-    return [r for r in admin.requests() if r["method"] == "create"]
 
 
 def _blobs(bucket):
@@ -63,8 +60,8 @@ def _assert_refused(state, error_cls, message, admin, bucket):
     with pytest.raises(error_cls, match=message) as info:
         state.result()
     assert "\n" not in str(info.value), "one clear line"
-    assert _creates(admin) == [], "no Vertex job"
-    assert [b.name for b in _blobs(bucket)] == [], "nothing uploaded (no data/, no packages/)"
+    assert admin.requests("create") == [], "no Vertex job"
+    assert [b.name for b in _blobs(bucket)] == [], "nothing uploaded (no data set, no package)"
 
 
 @pytest.mark.parametrize("case", list(BAD_DATA))
@@ -94,7 +91,7 @@ def test_bad_settings_are_refused_before_any_upload_or_job(case, rel_config, ver
     with pytest.raises(ParameterTypeError) as info:
         state.result()
     assert any(re.search(message, line) for line in str(info.value).splitlines())
-    assert _creates(vertex_admin) == [] and [b.name for b in _blobs(gcs_bucket)] == []
+    assert vertex_admin.requests("create") == [] and [b.name for b in _blobs(gcs_bucket)] == []
 
 
 def test_missing_credentials_are_refused_before_any_upload_or_job(rel_config, vertex_admin, gcs_bucket,
@@ -164,8 +161,8 @@ def test_secret_scan(mode, rel_config, vertex_admin, gcs_bucket, monkeypatch, ca
     assert state.is_completed(), state.message
     captured = capfd.readouterr()
 
-    jobs = [j for j in vertex_admin.jobs() if j.get("labels", {}).get(vertex.LABEL_RUN) == run_key]
-    assert len(jobs) == 1 and len(_creates(vertex_admin)) == 1
+    jobs = run_jobs(vertex_admin, run_key)
+    assert len(jobs) == 1 and len(vertex_admin.requests("create")) == 1
     job = jobs[0]
     pool = job["jobSpec"]["workerPoolSpecs"][0]["pythonPackageSpec"]
     env = {e["name"]: e["value"] for e in pool.get("env", [])}
@@ -234,15 +231,16 @@ def test_twenty_concurrent_flow_runs_have_isolated_outputs(rel_config, quota_emu
     for job in jobs:
         by_run.setdefault(job.get("labels", {}).get(vertex.LABEL_RUN), []).append(job)
     assert sorted(by_run) == keys and all(len(v) == 1 for v in by_run.values()), "exactly one job per run"
-    assert len(_creates(vertex_admin)) == N_CONCURRENT and all(r["status"] == 200 for r in _creates(vertex_admin))
+    assert [r["status"] for r in vertex_admin.requests("create")] == [200] * N_CONCURRENT
     outputs = {j["jobSpec"]["baseOutputDirectory"]["outputUriPrefix"] for j in jobs}
     assert len(outputs) == N_CONCURRENT
-    names = {b.name for b in _blobs(gcs_bucket)}
+    layout = BucketLayout(gcs_bucket, "finsent")
+    uris = {f"gs://{gcs_bucket}/{b.name}" for b in _blobs(gcs_bucket)}
     for key in keys:
-        assert f"finsent/runs/{key}/lstm/model/metrics.json" in names, key
-    assert len([n for n in names if n.startswith("finsent/data/") and n.endswith("manifest.json")]) == 1
-    champion = json.loads(storage.Client(project="t").bucket(gcs_bucket).blob("finsent/champion.json")
-                          .download_as_bytes())
+        assert layout.metrics(layout.run_output(key, "lstm")) in uris, key
+    assert len([u for u in uris if u.startswith(layout.dataset_dir("")) and u.endswith("manifest.json")]) == 1
+    champion_name = layout.champion.removeprefix(f"gs://{gcs_bucket}/")
+    champion = json.loads(storage.Client(project="t").bucket(gcs_bucket).blob(champion_name).download_as_bytes())
     assert champion["run_key"] in keys
-    assert champion["model_uri"] == f"gs://{gcs_bucket}/finsent/runs/{champion['run_key']}/lstm/model/"
+    assert champion["model_uri"] == layout.model_dir(layout.run_output(champion["run_key"], "lstm"))
     print(f"\n[concurrency] {N_CONCURRENT} flow runs, {len(jobs)} jobs, {len(outputs)} output dirs, {seconds:.0f}s")
