@@ -11,7 +11,7 @@ temporary Prefect server (prefect_test_harness), then measures:
 2. bytes uploaded by that forced unchanged re-run (content-addressed: target 0), and that a non-forced unchanged
    re-run skips without creating a job;
 3. polling cost (in a thread, while the Prefect server starts and the flow runs of 1 go): a throwaway sdist whose module sleeps 60 s (not the trainer), submitted through
-   `tasks.vertex.submit_job` + `wait_for_job` with the default `PollConfig()`: GETs counted by the emulator's request
+   `tasks.vertex.JobRunner.submit` + `watch` with the default `PollConfig()`: GETs counted by the emulator's request
    log, and how soon each state change was seen; plus, from the pure `next_poll_delay`, the polls of a one-hour job
    and the largest gap in the first minute.
 
@@ -136,7 +136,7 @@ def _measure_flow_run(train, cfg, *, force: bool, run_key: str, admin) -> dict:
                 "start_s": round(_ts(tr.start_time) - t0, 3),
                 "duration_s": round(_ts(tr.end_time) - _ts(tr.start_time), 3),
             }
-    # The flow logs "[lstm] JOB_STATE_SUCCEEDED after Ns" from wait_for_job's on_update: when it noticed the end.
+    # The flow logs "[lstm] JOB_STATE_SUCCEEDED after Ns" from JobRunner.watch's on_update: when it noticed the end.
     noticed = [_ts(rec.timestamp) for rec in logs if "SUCCEEDED after" in rec.message]
     submitted = [_ts(rec.timestamp) for rec in logs if "Vertex job projects/" in rec.message]
     job_total, job_running = ended - created, ended - started
@@ -159,18 +159,17 @@ def _measure_flow_run(train, cfg, *, force: bool, run_key: str, admin) -> dict:
 # --- part 3: polling a 60 s job -----------------------------------------------------------------------------------
 def _poll_sixty_second_job(gcs_endpoint: str, vertex_endpoint: str, bucket: str, admin) -> dict:
     from google.auth.credentials import AnonymousCredentials
-    from google.cloud import aiplatform_v1, storage
+    from google.cloud import storage
 
-    from tasks.config import PollConfig
-    from tasks.vertex import JobState, submit_job, wait_for_job
+    from tasks.config import parse_config
+    from tasks.vertex import JobRunner, JobState
 
     uri = f"gs://{bucket}/bench/emujob-0.1.0.tar.gz"
     storage.Client(credentials=AnonymousCredentials(), project="bench").bucket(bucket).blob(
         "bench/emujob-0.1.0.tar.gz"
     ).upload_from_string(_emujob_sdist(), content_type="application/gzip")
-    client = aiplatform_v1.JobServiceClient(
-        transport="rest", credentials=AnonymousCredentials(), client_options={"api_endpoint": vertex_endpoint}
-    )
+    runner = JobRunner(parse_config({"project": PROJECT, "region": REGION, "bucket": bucket,
+                                     "vertex_endpoint": vertex_endpoint, "anonymous_credentials": True}))
     run = uuid.uuid4().hex[:12]
     job = {
         "display_name": f"bench-sleep-{run}",
@@ -189,14 +188,13 @@ def _poll_sixty_second_job(gcs_endpoint: str, vertex_endpoint: str, bucket: str,
             "base_output_directory": {"output_uri_prefix": f"gs://{bucket}/bench/runs/{run}"},
         },
     }  # fmt: skip
-    poll = PollConfig()
-    submitted = submit_job(client, f"projects/{PROJECT}/locations/{REGION}", job)
+    submitted = runner.submit(job)
     seen: dict[str, float] = {}
 
     def on_update(update, _elapsed: float) -> None:
         seen.setdefault(JobState(update.state).name, time.time())
 
-    done = wait_for_job(client, submitted.name, poll, timeout_seconds=SLEEP_SECONDS + 600, on_update=on_update)
+    done = runner.watch(submitted.name, timeout_seconds=SLEEP_SECONDS + 600, on_update=on_update)  # PollConfig()
     job_id = done.name.rsplit("/", 1)[-1]
     mine = [r for r in admin.requests() if job_id in r.get("path", "") or run in r.get("query", "")
             or (r["method"] == "create" and r.get("job") in (job_id, done.name))]
@@ -260,7 +258,8 @@ def main() -> dict:
                     "project": PROJECT, "region": REGION, "bucket": bucket,
                     "vertex_endpoint": vertex.endpoint, "anonymous_credentials": True,
                     "models": ["lstm"],
-                    "params": {"lstm": {"epochs": 1, "batch_size": 32, "max_seq_len": 16, "learning_rate": 0.003}},
+                    "params": {"lstm": {"epochs": 1, "batch_size": 32, "max_seq_len": 16, "learning_rate": 0.003,
+                                        "pretrained": None, "lstm_embeddings": "learned"}},
                     "data": {"uri": str(data)},
                 })  # fmt: skip  (poll: the defaults, which is what is measured)
                 _log("warm-up flow run")
