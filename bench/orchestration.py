@@ -108,7 +108,7 @@ def _flow_run_details(flow_run_id, wanted: str) -> tuple[list, list]:
 
 def _measure_flow_run(train, cfg, *, force: bool, run_key: str, admin) -> dict:
     """Run the flow once; wall time, the job's times from the emulator, per-task durations and the poll lag."""
-    from tasks.vertex import LABEL_RUN, label_value
+    from tasks.run_identity import LABEL_RUN, label_value
 
     t0 = time.time()
     state = train(config=cfg, force=force, run_key=run_key, return_state=True)

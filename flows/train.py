@@ -11,19 +11,16 @@ import tempfile
 from pathlib import Path
 
 from prefect import flow
-from prefect.exceptions import TerminationSignal
-from prefect.futures import wait
 from prefect.runtime import flow_run
 
 from tasks import gcs
 from tasks.config import PipelineConfig, parse_config, tf_version_of_image
 from tasks.dataset import fetch_dataset
-from tasks.inputs import UploadedInputs, find_trained, inputs_key, mark_trained, upload_inputs
+from tasks.inputs import find_trained, inputs_key, mark_trained, upload_inputs
 from tasks.layout import BucketLayout
 from tasks.packaging import package_trainer
 from tasks.report import report_results, report_skipped
-from tasks.training import cancel_if_run_cancelled, cancel_vertex_jobs, train_model
-from tasks.vertex import JobOutcome
+from tasks.training import cancel_vertex_jobs, train_models
 from tasks.wandb_secret import wandb_env
 
 TRAINER_DIR = Path(__file__).resolve().parent.parent / "trainer"
@@ -58,7 +55,7 @@ def train(config: PipelineConfig, force: bool = False, run_key: str | None = Non
         return {"skipped": True, "inputs_key": key, "previous": previous}
 
     uploads = upload_inputs(storage, layout, prepared, package)
-    outcomes = _train_models(cfg, layout, uploads, run_key=run_key, env=env)
+    outcomes = train_models(cfg, layout, uploads, run_key=run_key, env=env)
     summary = report_results(
         cfg, storage, layout, outcomes, inputs_key=key, data_fingerprint=prepared.fingerprint,
         trainer_sha256=package.sha256, run_key=run_key,
@@ -66,26 +63,3 @@ def train(config: PipelineConfig, force: bool = False, run_key: str | None = Non
     mark_trained(storage, layout, key, run_key=run_key, metrics=summary["metrics"])
     return {"skipped": False, "inputs_key": key, "bytes_uploaded": uploads.bytes_uploaded, **summary}
 
-
-def _train_models(
-    cfg: PipelineConfig, layout: BucketLayout, uploads: UploadedInputs, *, run_key: str, env: dict[str, str]
-) -> dict[str, JobOutcome]:
-    """One `train_model` task per model, concurrently; a SIGTERM cancels the jobs only if the run was cancelled.
-
-    Waits in short slices: a blocking `future.result()` is not interrupted by SIGTERM, so a cancelled run would only
-    notice when its jobs ended (and Prefect's runner runs on_cancellation hooks only after the process exits).
-    """
-    futures = {
-        model: train_model.submit(
-            cfg, model, package_uri=uploads.package_uri, data_uri=uploads.data_uri,
-            output_uri=layout.run_output(run_key, model), run_key=run_key, env=env,
-        )  # fmt: skip
-        for model in cfg.models
-    }
-    try:
-        while wait(list(futures.values()), timeout=0.5).not_done:
-            pass
-        return {model: future.result() for model, future in futures.items()}
-    except TerminationSignal:
-        cancel_if_run_cancelled(cfg, run_key)
-        raise

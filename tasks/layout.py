@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tasks.vertex import label_value
+from tasks.run_identity import run_label
 
 if TYPE_CHECKING:
     from tasks.config import PipelineConfig
@@ -51,7 +51,7 @@ class BucketLayout:
     # --- outputs of a run -------------------------------------------------------------------------------------
     def run_output(self, run_key: str, model: str) -> str:
         """One model's job base output directory; Vertex puts `model/` and `checkpoints/` under it."""
-        return self._run_output(label_value(run_key), model)
+        return self._run_output(run_label(run_key), model)
 
     def _run_output(self, run_label: str, model: str) -> str:
         return self._uri("runs", run_label, model)

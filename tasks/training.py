@@ -1,12 +1,42 @@
-"""The Prefect face of the Vertex job runner (tasks/vertex.py): the training task and the cancel paths of a run."""
+"""The Prefect face of the Vertex job runner (tasks/vertex.py): the training step and the cancel paths of a run."""
 
 from __future__ import annotations
 
 from prefect import get_client, get_run_logger, task
+from prefect.exceptions import TerminationSignal
+from prefect.futures import wait
 from prefect.runtime import flow_run as current_flow_run
 
 from tasks import vertex
 from tasks.config import PipelineConfig, parse_config
+from tasks.inputs import UploadedInputs
+from tasks.layout import BucketLayout
+from tasks.run_identity import run_labels
+
+
+def train_models(
+    cfg: PipelineConfig, layout: BucketLayout, uploads: UploadedInputs, *, run_key: str, env: dict[str, str]
+) -> dict[str, vertex.JobOutcome]:
+    """The flow's train step: one `train_model` task per model, concurrently; on SIGTERM the jobs are cancelled
+    only if the run was cancelled.
+
+    Waits in short slices: a blocking `future.result()` is not interrupted by SIGTERM, so a cancelled run would only
+    notice when its jobs ended (and Prefect's runner runs on_cancellation hooks only after the process exits).
+    """
+    futures = {
+        model: train_model.submit(
+            cfg, model, package_uri=uploads.package_uri, data_uri=uploads.data_uri,
+            output_uri=layout.run_output(run_key, model), run_key=run_key, env=env,
+        )  # fmt: skip
+        for model in cfg.models
+    }
+    try:
+        while wait(list(futures.values()), timeout=0.5).not_done:
+            pass
+        return {model: future.result() for model, future in futures.items()}
+    except TerminationSignal:
+        cancel_if_run_cancelled(cfg, run_key)
+        raise
 
 
 @task(name="train-model", task_run_name="train-{model}")
@@ -29,7 +59,7 @@ def train_model(
 
 def cancel_run_jobs(cfg: PipelineConfig, run_key: str) -> list[str]:
     """Cancel every unfinished Vertex job of the run; returns their names."""
-    return vertex.JobRunner(cfg).cancel(vertex.run_labels(run_key))
+    return vertex.JobRunner(cfg).cancel(run_labels(run_key))
 
 
 def cancel_vertex_jobs(flow, flow_run, state) -> None:

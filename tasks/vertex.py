@@ -25,6 +25,7 @@ from requests import exceptions as rexc
 from tasks.config import PipelineConfig, TrainerParams
 from tasks.credentials import gcp_credentials
 from tasks.errors import JobFailedError, JobSubmitError, JobTimeoutError, RetryableJobError
+from tasks.run_identity import job_labels, run_label, run_labels
 
 JobState = aiplatform_v1.JobState
 TERMINAL_STATES = frozenset(
@@ -52,9 +53,6 @@ is_transient = if_exception_type(*TRANSIENT_ERRORS)
 # The one retry of calls to Vertex (list, cancel, and create's look-again loop): full-jitter backoff 1 s, 2 s, 4 s...
 # up to 30 s per wait, for at most a minute (about the six tries of the hand-written loops it replaced).
 TRANSIENT_RETRY = Retry(predicate=is_transient, initial=1.0, maximum=30.0, multiplier=2.0, timeout=60.0)
-LABEL_RUN = "finsent-run"
-LABEL_MODEL = "finsent-model"
-LABEL_ATTEMPT = "finsent-attempt"
 REQUEST_TIMEOUT_SECONDS = 30.0
 # How long the watch outlives the job's own Vertex timeout before it gives up on it.
 WATCH_GRACE_SECONDS = 3600
@@ -63,19 +61,6 @@ _INFRASTRUCTURE_MARKERS = ("preempt", "stockout", "resources are insufficient", 
 
 
 # --- pure ---------------------------------------------------------------------------------------------------------
-def label_value(text: str) -> str:
-    """GCP label values: lowercase letters, digits, '-' and '_', at most 63 characters."""
-    cleaned = "".join(c if c.isalnum() or c in "-_" else "-" for c in text.lower())
-    return cleaned[:63]
-
-
-def run_labels(run_key: str) -> dict[str, str]:
-    """The label every job of one training run carries (what a rerun reattaches by and a cancel selects by)."""
-    return {LABEL_RUN: label_value(run_key)}
-
-
-def job_labels(run_key: str, model: str, attempt: int) -> dict[str, str]:
-    return run_labels(run_key) | {LABEL_MODEL: model, LABEL_ATTEMPT: str(attempt)}
 
 
 
@@ -118,7 +103,7 @@ def build_custom_job(cfg: PipelineConfig, request: JobRequest, *, attempt: int =
     job_env = {"WANDB_PROJECT": cfg.wandb.project} | dict(request.env)
     if cfg.wandb.secret_manager_ref:
         job_env["WANDB_API_KEY_SECRET"] = cfg.wandb.secret_manager_ref
-    display_name = f"finsent-{model}-{label_value(request.run_key)[:36]}-a{attempt}"
+    display_name = f"finsent-{model}-{run_label(request.run_key)[:36]}-a{attempt}"
     job: dict = {
         "display_name": display_name,
         "labels": job_labels(request.run_key, model, attempt),

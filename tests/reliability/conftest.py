@@ -74,7 +74,7 @@ def staged(gcs_emulator, vertex_emulator, small_csv, tmp_path_factory) -> dict:
 
 def run_jobs(admin, run_key: str) -> list[dict]:
     """The emulator's jobs of one training run, found by the run label as the runner finds them."""
-    from tasks.vertex import run_labels
+    from tasks.run_identity import run_labels
 
     ((label, value),) = run_labels(run_key).items()
     return [j for j in admin.jobs() if j.get("labels", {}).get(label) == value]

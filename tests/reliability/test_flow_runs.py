@@ -19,7 +19,7 @@ from google.cloud import storage
 from flows.train import train
 from prefect.exceptions import ParameterTypeError
 
-from tasks import vertex
+from tasks import run_identity
 from tasks.config import parse_config
 from tasks.errors import ConfigError, DataError
 from tasks.layout import BucketLayout
@@ -229,7 +229,7 @@ def test_twenty_concurrent_flow_runs_have_isolated_outputs(rel_config, quota_emu
     jobs = vertex_admin.jobs()
     by_run = {}
     for job in jobs:
-        by_run.setdefault(job.get("labels", {}).get(vertex.LABEL_RUN), []).append(job)
+        by_run.setdefault(job.get("labels", {}).get(run_identity.LABEL_RUN), []).append(job)
     assert sorted(by_run) == keys and all(len(v) == 1 for v in by_run.values()), "exactly one job per run"
     assert [r["status"] for r in vertex_admin.requests("create")] == [200] * N_CONCURRENT
     outputs = {j["jobSpec"]["baseOutputDirectory"]["outputUriPrefix"] for j in jobs}

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from google.cloud import storage
 
-from tasks import vertex
+from tasks import run_identity, vertex
 from tasks.config import parse_config
 from tasks.errors import JobFailedError, RetryableJobError
 from tasks.layout import BucketLayout
@@ -135,7 +135,7 @@ def test_spot_preemption_resumes_from_the_last_checkpoint_without_training_an_ep
         assert jobs[0]["emulator"]["preemptions"] == 1 and jobs[0]["state"] == "JOB_STATE_SUCCEEDED"
         assert jobs[0]["emulator"]["replicas"][0]["restarts"] == 1
     else:
-        by_attempt = {j["labels"][vertex.LABEL_ATTEMPT]: j for j in jobs}
+        by_attempt = {j["labels"][run_identity.LABEL_ATTEMPT]: j for j in jobs}
         assert len(creates) == 2 and set(by_attempt) == {"1", "2"} and outcome.attempts == 2
         assert by_attempt["1"]["state"] == "JOB_STATE_FAILED" and "preempted" in by_attempt["1"]["error"]["message"]
         assert by_attempt["2"]["state"] == "JOB_STATE_SUCCEEDED"
@@ -153,7 +153,7 @@ def test_repeated_preemption_is_resubmitted_a_bounded_number_of_times(vertex_emu
         _run(cfg, staged, run_key, [])
     jobs = run_jobs(vertex_admin, run_key)
     assert len(vertex_admin.requests("create")) == 2, "first try + max_infra_retries=1 resubmit, then give up"
-    assert sorted(j["labels"][vertex.LABEL_ATTEMPT] for j in jobs) == ["1", "2"]
+    assert sorted(j["labels"][run_identity.LABEL_ATTEMPT] for j in jobs) == ["1", "2"]
     assert all(j["state"] == "JOB_STATE_FAILED" for j in jobs)
 
 

@@ -24,7 +24,7 @@ def test_every_path_in_one_place():
 
 def test_run_output_is_the_flows_value_before_the_layout():
     cfg = PipelineConfig(project="p", bucket="bkt")
-    from tasks.vertex import label_value
+    from tasks.run_identity import label_value
 
     run_key = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
     assert BucketLayout.of(cfg).run_output(run_key, "lstm") == f"{cfg.base_uri}/runs/{label_value(run_key)}/lstm"
