@@ -300,7 +300,9 @@ class JobRunner:
             raise JobSubmitError(f"could not create {job['display_name']}: {exc.cause or exc}") from None
         except gexc.BadRequest as exc:  # REST maps every 400 to BadRequest (InvalidArgument over gRPC)
             raise JobSubmitError(f"Vertex refused the job {job['display_name']}: {exc.message}") from None
-        except (gexc.PermissionDenied, gexc.Unauthenticated, gexc.NotFound) as exc:
+        # Over REST a 403 is Forbidden and a 401 Unauthorized (google.api_core.exceptions.from_http_status); the
+        # gRPC names PermissionDenied and Unauthenticated are their subclasses.
+        except (gexc.Forbidden, gexc.Unauthorized, gexc.NotFound) as exc:
             raise JobSubmitError(
                 f"Vertex refused the job {job['display_name']} in {self.parent}: {exc.message} "
                 "(check the project, region, Vertex AI API enablement and the credentials' roles)"

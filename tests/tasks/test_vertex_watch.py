@@ -95,6 +95,16 @@ def test_the_retry_gives_up_at_its_deadline_and_never_retries_a_refusal(sleeper_
     assert _statuses(vertex_admin, "list") == [403], "a permission error is final: asked once"
 
 
+def test_create_refused_for_permissions_is_one_line_naming_roles_and_not_retried(sleeper_job, vertex_admin):
+    # A 403 arrives over REST as Forbidden, not PermissionDenied. (A 401 is not tested here: google-auth's session
+    # answers it by refreshing the credentials, which anonymous credentials cannot do.)
+    cfg, spec = sleeper_job
+    vertex_admin.set_faults([{"method": "create", "status": 403, "times": 1}])
+    with pytest.raises(JobSubmitError, match="credentials' roles"):
+        vertex.JobRunner(cfg, retry=QUICK_RETRY).submit(spec)
+    assert _statuses(vertex_admin, "create") == [403], "a refusal is final: one create, no retry"
+
+
 def test_create_that_keeps_failing_is_a_submit_error_and_creates_nothing(sleeper_job, vertex_admin):
     cfg, spec = sleeper_job
     vertex_admin.set_faults([{"method": "create", "status": 503, "times": 0}])
