@@ -31,6 +31,7 @@ DEFAULT_DATA_URI = (
 )
 DEFAULT_EXECUTOR_IMAGE = "us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest"
 
+
 def tf_version_of_image(executor_image_uri: str) -> str | None:
     """'.../tf-gpu.2-17.py310:latest' -> '2.17'; None for an image that is not a prebuilt TensorFlow one."""
     match = re.search(r"/tf-(?:gpu|cpu)\.(\d+)-(\d+)\.py\d+", executor_image_uri)

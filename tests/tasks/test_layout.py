@@ -54,3 +54,12 @@ def test_tree_names_every_object():
         "trained/<inputs key>.json",
         "champion.json",
     ]
+
+
+def test_design_doc_shows_the_tree_the_layout_produces():
+    """docs/design.md draws the bucket for a newcomer: it must be the tree these methods produce, not a copy that
+    drifts."""
+    from pathlib import Path
+
+    design = (Path(__file__).resolve().parents[2] / "docs" / "design.md").read_text(encoding="utf-8")
+    assert f"```\n{BucketLayout('BUCKET', 'PREFIX').tree()}\n```" in design
