@@ -14,18 +14,27 @@ from google.api_core import exceptions as gexc
 from google.auth.exceptions import TransportError as AuthTransportError
 from requests import exceptions as rexc
 
-# Google API errors that the storage layer lets through unmapped, for the task to retry.
-TRANSIENT_API_ERRORS = (gexc.ServerError, gexc.TooManyRequests)
-
-TRANSIENT_ERRORS = (
+# Google API answers that a later attempt can change: 500, 502, 503, 504 and 429 (501 Not Implemented is final).
+# The storage layer lets these through unmapped, for the task to retry.
+TRANSIENT_API_ERRORS = (
+    gexc.InternalServerError,
+    gexc.BadGateway,
+    gexc.ServiceUnavailable,
+    gexc.GatewayTimeout,  # DeadlineExceeded is its subclass
+    gexc.TooManyRequests,
+)
+# One request's worth of trouble: the answer above, or none at all (reset, timeout, token-refresh transport).
+# The Vertex runner's api_core Retry retries exactly these; the request may have reached the service.
+TRANSIENT_CALL_ERRORS = (
     *TRANSIENT_API_ERRORS,
-    gexc.RetryError,  # the client's own retries ran out of time
     ConnectionError,
     TimeoutError,
     rexc.ConnectionError,
     rexc.Timeout,
     AuthTransportError,
 )
+# What a Prefect task retries: the above, and a client's own retries that ran out of time.
+TRANSIENT_ERRORS = (*TRANSIENT_CALL_ERRORS, gexc.RetryError)
 
 
 class TransientError(Exception):

@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry, if_exception_type
-from google.auth.exceptions import TransportError
 from google.cloud import aiplatform_v1
-from requests import exceptions as rexc
 
 from tasks.config import PipelineConfig, TrainerParams
 from tasks.credentials import gcp_credentials
 from tasks.errors import JobFailedError, JobSubmitError, JobTimeoutError, RetryableJobError
 from tasks.run_identity import job_labels, run_label, run_labels
+from tasks.transient import TRANSIENT_CALL_ERRORS
 
 JobState = aiplatform_v1.JobState
 TERMINAL_STATES = frozenset(
@@ -38,18 +37,7 @@ TERMINAL_STATES = frozenset(
     }
 )
 # Errors after which the request may or may not have reached Vertex: never conclude "not created" from them.
-TRANSIENT_ERRORS = (
-    gexc.ServiceUnavailable,
-    gexc.TooManyRequests,
-    gexc.InternalServerError,
-    gexc.BadGateway,
-    gexc.GatewayTimeout,
-    gexc.DeadlineExceeded,
-    rexc.ConnectionError,
-    rexc.Timeout,
-    TransportError,
-)
-is_transient = if_exception_type(*TRANSIENT_ERRORS)
+is_transient = if_exception_type(*TRANSIENT_CALL_ERRORS)
 # The one retry of calls to Vertex (list, cancel, and create's look-again loop): full-jitter backoff 1 s, 2 s, 4 s...
 # up to 30 s per wait, for at most a minute (about the six tries of the hand-written loops it replaced).
 TRANSIENT_RETRY = Retry(predicate=is_transient, initial=1.0, maximum=30.0, multiplier=2.0, timeout=60.0)
@@ -327,7 +315,7 @@ class JobRunner:
             elapsed = time.monotonic() - started
             try:
                 job = self.client.get_custom_job(name=name, timeout=REQUEST_TIMEOUT_SECONDS)
-            except TRANSIENT_ERRORS:
+            except TRANSIENT_CALL_ERRORS:
                 job = None
             if job is not None:
                 if job.state != last_state or time.monotonic() - last_report >= heartbeat_seconds:

@@ -15,6 +15,7 @@ from tasks.config import parse_config
 from tasks.errors import JobFailedError, RetryableJobError
 from tasks.layout import BucketLayout
 from tests.reliability.conftest import lstm_config, run_jobs, wait_until
+from trainer.storage import parse_gs_uri
 
 
 def _cfg(vertex_emulator, staged, **overrides):
@@ -32,7 +33,7 @@ def _run(cfg, staged, run_key, lines, model="lstm", data_uri=None):
 
 
 def _read(uri: str):
-    bucket, _, name = uri.removeprefix("gs://").partition("/")
+    bucket, name = parse_gs_uri(uri)
     blob = storage.Client(project="t").bucket(bucket).blob(name)
     return blob.download_as_bytes() if blob.exists() else None
 

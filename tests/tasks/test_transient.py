@@ -41,6 +41,7 @@ def test_transient_failures_are_retried(error):
         DataError("unknown labels"),
         gexc.Forbidden("403"),
         gexc.NotFound("404"),
+        gexc.MethodNotImplemented("501"),  # a 5xx that no later attempt changes
     ],
 )
 def test_programming_and_named_errors_are_not_retried(error):
