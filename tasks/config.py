@@ -30,6 +30,19 @@ DEFAULT_DATA_URI = (
     "https://huggingface.co/datasets/takala/financial_phrasebank/resolve/main/data/FinancialPhraseBank-v1.0.zip"
 )
 DEFAULT_EXECUTOR_IMAGE = "us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest"
+# https://cloud.google.com/vertex-ai/docs/training/schedule-jobs-dws: a Dynamic Workload Scheduler (FLEX_START) job
+# "has a maximum timeout of 7 days or less".
+FLEX_START_MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
+
+
+def _one_gpu_only(count: int, machine_type: str) -> str:
+    """The refusal of `count` > 1 GPUs: the trainer uses one device (no distribution strategy yet), so the other
+    GPUs would be paid for and idle. Says what to set instead."""
+    fix = ("set accelerator_count 1" if machine_family(machine_type) == "n1" else
+           f"use a machine type with one GPU instead of {machine_type}, e.g. g2-standard-8 (1 x NVIDIA_L4) or "
+           "a2-highgpu-1g (1 x NVIDIA_TESLA_A100)")
+    return (f"accelerator_count {count}: finsent trains on one GPU until multi-GPU support lands "
+            f"(the other GPUs would be paid for and idle); {fix}")
 
 
 def tf_version_of_image(executor_image_uri: str) -> str | None:
@@ -162,8 +175,18 @@ class PipelineConfig(_Strict):
     boot_disk_size_gb: int = Field(100, ge=10)
     executor_image_uri: str = DEFAULT_EXECUTOR_IMAGE
     scheduling_strategy: Literal["STANDARD", "SPOT", "FLEX_START"] = "STANDARD"
-    restart_job_on_worker_restart: bool = Field(True, description="Vertex restarts a preempted replica.")
-    timeout_seconds: int = Field(4 * 3600, ge=60, description="Vertex kills the job after this long.")
+    restart_job_on_worker_restart: bool = Field(
+        True,
+        description="Vertex restarts the entire CustomJob (every replica) when a worker restarts, e.g. after a "
+        "SPOT preemption; the trainer resumes from AIP_CHECKPOINT_DIR.",
+    )
+    timeout_seconds: int = Field(4 * 3600, ge=60, description="Vertex kills the job after this long RUNNING.")
+    max_wait_seconds: int = Field(
+        86400,
+        ge=60,
+        description="How long a job may wait QUEUED/PENDING for quota or capacity before the flow cancels it; sent "
+        "as scheduling.max_wait_duration for FLEX_START (Vertex's default there is 24 h).",
+    )
     max_infra_retries: int = Field(2, ge=0, description="Resubmits after preemption/stockout failures.")
     service_account: str | None = None
 
@@ -196,6 +219,19 @@ class PipelineConfig(_Strict):
             raise ValueError("choose at least one of 'bert', 'lstm'")
         return tuple(dict.fromkeys(models))
 
+    @field_validator("replica_count")
+    @classmethod
+    def _one_machine(cls, replicas: int) -> int:
+        # Worker pool 0 is the primary replica; extra replicas there would each run the whole training as an
+        # independent copy, writing the same output folder (Vertex's distributed-training page: "Use the first
+        # worker pool specification only for your primary replica, and set its replicaCount to 1").
+        if replicas > 1:
+            raise ValueError(
+                f"replica_count {replicas}: finsent trains on one machine until multi-machine support lands "
+                "(Vertex would run independent copies writing the same output); set replica_count 1"
+            )
+        return replicas
+
     @model_validator(mode="after")
     def _machine_and_gpu_fit(self) -> PipelineConfig:
         offered, gpu_required = gpus_for_machine(self.machine_type)
@@ -219,8 +255,18 @@ class PipelineConfig(_Strict):
                 )
         elif gpu_required:
             raise ValueError(f"machine type {self.machine_type} comes with GPUs: set accelerator_type")
-        if self.scheduling_strategy == "FLEX_START" and gpu not in FLEX_START_GPUS:
-            raise ValueError(f"FLEX_START does not offer {gpu}; use SPOT or STANDARD, or an L4/A100/H100/H200/B200")
+        if self.accelerator_count > 1:
+            raise ValueError(_one_gpu_only(self.accelerator_count, self.machine_type))
+        if self.scheduling_strategy == "FLEX_START":
+            if gpu not in FLEX_START_GPUS:
+                raise ValueError(
+                    f"FLEX_START does not offer {gpu}; use SPOT or STANDARD, or an L4/A100/H100/H200/B200"
+                )
+            if self.timeout_seconds > FLEX_START_MAX_TIMEOUT_SECONDS:
+                raise ValueError(
+                    f"timeout_seconds {self.timeout_seconds} is over FLEX_START's 7-day limit "
+                    f"({FLEX_START_MAX_TIMEOUT_SECONDS}); lower it, or use STANDARD or SPOT"
+                )
         return self
 
     # --- derived names (pure) ---------------------------------------------------------------------------------

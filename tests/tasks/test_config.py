@@ -13,6 +13,7 @@ from tasks.errors import ConfigError
 from tasks.vertex import trainer_args
 
 BASE = {"project": "p", "bucket": "finsent-test"}
+L4_FLEX = {"machine_type": "g2-standard-8", "accelerator_type": "NVIDIA_L4", "scheduling_strategy": "FLEX_START"}
 
 
 @pytest.mark.parametrize(
@@ -28,6 +29,23 @@ BASE = {"project": "p", "bucket": "finsent-test"}
         ),
         ({"accelerator_count": 3}, r"n1-standard-8 takes 1 or 2 or 4 x NVIDIA_TESLA_T4, not 3"),
         ({"scheduling_strategy": "FLEX_START"}, r"FLEX_START does not offer NVIDIA_TESLA_T4"),
+        # https://cloud.google.com/vertex-ai/docs/training/schedule-jobs-dws: a FLEX_START job "has a maximum
+        # timeout of 7 days or less"
+        (
+            L4_FLEX | {"timeout_seconds": 7 * 24 * 3600 + 1},
+            r"timeout_seconds 604801 is over FLEX_START's 7-day limit \(604800\); lower it, or use STANDARD or SPOT",
+        ),
+        ({"max_wait_seconds": 59}, r"max_wait_seconds: Input should be greater than or equal to 60"),
+        # until multi-GPU / multi-machine training lands: refused, not silently run on one GPU or as N copies
+        ({"accelerator_count": 2}, r"accelerator_count 2: finsent trains on one GPU until multi-GPU support lands "
+                                   r".*; set accelerator_count 1$"),
+        (
+            {"machine_type": "a2-highgpu-2g", "accelerator_type": "NVIDIA_TESLA_A100", "accelerator_count": 2},
+            r"accelerator_count 2: finsent trains on one GPU .*; use a machine type with one GPU instead of "
+            r"a2-highgpu-2g, e.g. g2-standard-8 \(1 x NVIDIA_L4\) or a2-highgpu-1g",
+        ),
+        ({"replica_count": 2}, r"replica_count 2: finsent trains on one machine until multi-machine support lands "
+                               r"\(Vertex would run independent copies writing the same output\); set replica_count 1"),
         ({"bucket": "gs://finsent-test"}, r"give the bucket name only"),
         ({"bucket": "Bad_Bucket!"}, r"not a valid GCS bucket name"),
         ({"models": []}, r"models: choose at least one"),
@@ -59,10 +77,11 @@ def test_bad_settings_fail_with_one_line(override, message):
 
 
 def test_good_settings_and_derived_names():
-    cfg = parse_config(
-        BASE | {"machine_type": "g2-standard-24", "accelerator_type": "NVIDIA_L4", "accelerator_count": 2}
-    )
+    # g2-standard-8 (one L4), not g2-standard-24 (two) as before: more than one GPU is refused until multi-GPU
+    # training lands
+    cfg = parse_config(BASE | L4_FLEX | {"timeout_seconds": 7 * 24 * 3600})  # exactly FLEX_START's 7-day cap
     assert cfg.base_uri == "gs://finsent-test/finsent"
+    assert cfg.max_wait_seconds == 86400  # Vertex's FLEX_START default max wait (custom_job.proto Scheduling)
     assert cfg.models == ("bert", "lstm")
     assert cfg.params["bert"].pooling == "cls" and cfg.params["lstm"].lstm_embeddings == "frozen"
 
