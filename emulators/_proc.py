@@ -87,26 +87,26 @@ def kill_group(leader: subprocess.Popen | int, grace: float = 5.0) -> None:
     popen = leader if isinstance(leader, subprocess.Popen) else None
     pgid = popen.pid if popen is not None else leader
     if popen is not None and popen.poll() is not None:
-        _killpg_quiet(pgid, signal.SIGKILL)
+        signal_group(pgid, signal.SIGKILL)
         return
     if popen is not None:
-        _killpg_quiet(pgid, signal.SIGTERM)
+        signal_group(pgid, signal.SIGTERM)
         try:
             popen.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             pass
-    elif _killpg_quiet(pgid, signal.SIGTERM):
+    elif signal_group(pgid, signal.SIGTERM):
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and os.path.exists(f"/proc/{pgid}"):
             time.sleep(0.02)
     else:
         return  # no such group: nothing left to kill
-    _killpg_quiet(pgid, signal.SIGKILL)
+    signal_group(pgid, signal.SIGKILL)
     if popen is not None:
         popen.wait()
 
 
-def _killpg_quiet(pgid: int, sig: int) -> bool:
+def signal_group(pgid: int, sig: int) -> bool:
     """Send `sig` to the group; False when there is no such group (or it is not ours)."""
     try:
         os.killpg(pgid, sig)

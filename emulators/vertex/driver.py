@@ -1,5 +1,6 @@
 """The job driver: one thread per job moves it QUEUED -> PENDING -> RUNNING -> SUCCEEDED | FAILED |
-CANCELLING -> CANCELLED, starting, watching and killing its replicas with a Runner; and restart recovery.
+CANCELLING -> CANCELLED (and, with the `hold` fault, RUNNING -> PAUSED -> QUEUED -> PENDING -> RUNNING or RUNNING ->
+UPDATING -> RUNNING), starting, watching and killing its replicas with a Runner; and restart recovery.
 
 The API (`service.py`) only records what the client asked (a new job, a cancel) and wakes the driver.
 """
@@ -7,11 +8,12 @@ The API (`service.py`) only records what the client asked (a new job, a cancel) 
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 import traceback
 
-from emulators._proc import kill_group
+from emulators._proc import kill_group, signal_group
 from emulators.vertex.errors import JobSetupError
 from emulators.vertex.faults import Faults
 from emulators.vertex.job_files import JobFiles, job_log_url
@@ -28,6 +30,23 @@ CODE_CANCELLED, CODE_INVALID_ARGUMENT, CODE_DEADLINE_EXCEEDED, CODE_INTERNAL, CO
 def cancelled_error() -> dict:
     """The `error` of a CANCELLED job (a fresh dict: it becomes part of the job's resource)."""
     return {"code": CODE_CANCELLED, "message": "CANCELED"}
+
+
+def preempted_error(hint: str = "") -> dict:
+    """The `error` of a job whose spot VM was reclaimed: code 14 (UNAVAILABLE), a message that looks retryable."""
+    return {"code": CODE_UNAVAILABLE, "message": "The replica workerpool0-0 was preempted: its spot VM was reclaimed."
+                                                 + (f" {hint}" if hint else "")}
+
+
+def cancel_end(record: JobRecord) -> tuple[JobState, dict | None]:
+    """How a CANCELLING job ends: CANCELLED, or what its claimed `cancel_outcome` says (a cancel that lost the race:
+    SUCCEEDED, or FAILED with a preemption error, so tests can prove a cancelled job is never resubmitted)."""
+    outcome = record.faults.get("cancel_outcome")
+    if outcome is None:
+        return S.JOB_STATE_CANCELLED, cancelled_error()
+    if outcome["state"] == S.JOB_STATE_SUCCEEDED.name:
+        return S.JOB_STATE_SUCCEEDED, None
+    return S.JOB_STATE_FAILED, preempted_error()
 
 
 def restarts_on_worker_restart(record: JobRecord) -> bool:
@@ -47,7 +66,8 @@ class JobDriver:
         base_url: this server's URL, for the log link in FAILED messages.
         tick: seconds each quick state (QUEUED, PENDING, CANCELLING) lasts at least, so polls can observe it.
         kill_grace: seconds between SIGTERM and SIGKILL when killing a replica's process group.
-        max_running: jobs running at once, like a regional GPU quota; the others wait in PENDING. None: no limit.
+        max_running: jobs running at once, like a regional GPU quota; the others wait in QUEUED, as Vertex keeps a
+            job queued until there is quota for it. None: no limit.
     """
 
     def __init__(self, store: JobStore, runner: Runner, faults: Faults, files: JobFiles, base_url: str,
@@ -87,8 +107,9 @@ class JobDriver:
     def recover(self) -> None:
         """After a restart with a state dir: kill leftover replicas, then resume, restart or fail unfinished jobs.
 
-        QUEUED/PENDING jobs start over. RUNNING jobs restart when `scheduling.restartJobOnWorkerRestart` is set,
-        otherwise they end FAILED (code 13, an infrastructure error). CANCELLING jobs end CANCELLED.
+        QUEUED/PENDING/PAUSED jobs start over. RUNNING/UPDATING jobs restart when
+        `scheduling.restartJobOnWorkerRestart` is set, otherwise they end FAILED (code 13, an infrastructure error).
+        CANCELLING jobs end as their cancel would have (CANCELLED, or their `cancel_outcome`).
         """
         for record in self.store.all():
             if record.state.terminal:
@@ -98,14 +119,15 @@ class JobDriver:
                     kill_group(replica.pid, self.kill_grace)
             state = record.state
             if state == S.JOB_STATE_CANCELLING:
-                self._finish(record, S.JOB_STATE_CANCELLED, cancelled_error())
-            elif state in (S.JOB_STATE_QUEUED, S.JOB_STATE_PENDING):
-                if state == S.JOB_STATE_PENDING:
-                    record.transition(S.JOB_STATE_QUEUED)
-                    self.store.save(record)
+                self._finish(record, *cancel_end(record))
+            elif state in (S.JOB_STATE_QUEUED, S.JOB_STATE_PENDING, S.JOB_STATE_PAUSED):
+                if state != S.JOB_STATE_QUEUED:
+                    self._transition(record, S.JOB_STATE_QUEUED)
                 self.files.log_event(record.job_id, "Emulator restarted: job queued again")
                 self.start(record)
-            elif state == S.JOB_STATE_RUNNING and restarts_on_worker_restart(record):
+            elif state in (S.JOB_STATE_RUNNING, S.JOB_STATE_UPDATING) and restarts_on_worker_restart(record):
+                if state == S.JOB_STATE_UPDATING:
+                    self._transition(record, S.JOB_STATE_RUNNING)
                 self.files.log_event(record.job_id,
                                      "Emulator restarted: restarting replicas (restartJobOnWorkerRestart)")
                 self.start(record)
@@ -135,24 +157,33 @@ class JobDriver:
         with self.store.lock:
             record.transition(new, error)
             self.store.save(record)
-        self.files.log_event(record.job_id,
-                             f"State {new.name}" + (f": {error['message'].splitlines()[0]}" if error else ""))
+            self.files.log_event(record.job_id,
+                                 f"State {new.name}" + (f": {error['message'].splitlines()[0]}" if error else ""))
+
+    def _advance(self, record: JobRecord, new: JobState) -> bool:
+        """Move a live job on to `new` unless a cancel came first (atomic with `JobService.cancel`)."""
+        with self.store.lock:
+            if record.cancel_requested or record.state.terminal:
+                return False
+            self._transition(record, new)
+        return True
 
     def _finish(self, record: JobRecord, new: JobState, error: dict | None = None) -> None:
         with self.store.lock:
             if record.state.terminal:
                 return
-            if record.state == S.JOB_STATE_CANCELLING and new != S.JOB_STATE_CANCELLED:
-                # A cancel raced with the job's own end: Vertex reports the cancel.
-                new, error = S.JOB_STATE_CANCELLED, cancelled_error()
-            if new == S.JOB_STATE_CANCELLED and record.state != S.JOB_STATE_CANCELLING:
+            if record.state == S.JOB_STATE_CANCELLING:
+                # A cancel raced with the job's own end: Vertex reports the cancel (or the claimed cancel_outcome).
+                new, error = cancel_end(record)
+            elif new == S.JOB_STATE_CANCELLED:
                 record.transition(S.JOB_STATE_CANCELLING)
-        self._transition(record, new, error)
+            self._transition(record, new, error)
 
-    def _finish_cancel(self, record: JobRecord, cancel_started: float) -> None:
+    def _finish_cancel(self, record: JobRecord, cancel_seen: float | None = None) -> None:
         # Keep CANCELLING visible for at least one tick, like Vertex's asynchronous cancel.
-        time.sleep(max(0.0, self.tick - (time.monotonic() - cancel_started)))
-        self._finish(record, S.JOB_STATE_CANCELLED, cancelled_error())
+        since = time.monotonic() if cancel_seen is None else cancel_seen
+        time.sleep(max(0.0, self.tick - (time.monotonic() - since)))
+        self._finish(record, *cancel_end(record))
 
     # ---- one job's thread -------------------------------------------------------------------------------------
 
@@ -169,22 +200,45 @@ class JobDriver:
                     self.files.log_event(record.job_id, "Could not fail the job:\n" + traceback.format_exc())
 
     def _drive_inner(self, record: JobRecord) -> None:
-        started = time.monotonic()
         resume = record.state == S.JOB_STATE_RUNNING
         if not resume:
             self._sleep(record, self.tick)
+            hold = record.faults.get("hold")
+            if hold and hold["state"] == "QUEUED" and not record.cancel_requested and not self._shutdown.is_set():
+                self.files.log_event(record.job_id, f"Held QUEUED for {hold['seconds']} s (hold fault: a quota wait)")
+                self._sleep(record, hold["seconds"])
+        if not self._acquire_capacity(record):
+            return
+        try:
+            self._prepare_and_run(record, resume)
+        finally:
+            if self._capacity is not None:
+                self._capacity.release()
+
+    def _acquire_capacity(self, record: JobRecord) -> bool:
+        """Wait for a free slot in the job's state (QUEUED; RUNNING when resuming after a restart): "if your project
+        does not have sufficient remaining custom training quotas for your job, then Vertex AI keeps the job queued
+        until you have sufficient quotas" (docs: "Understand the training service"). False when shutting down, or
+        cancelled meanwhile (the job is then finished)."""
+        while True:
             if self._shutdown.is_set():
-                return
+                return False
             if record.cancel_requested:
-                return self._finish_cancel(record, started)
-            self._transition(record, S.JOB_STATE_PENDING)
+                self._finish_cancel(record)
+                return False
+            if self._capacity is None or self._capacity.acquire(timeout=self.tick):
+                return True
+
+    def _prepare_and_run(self, record: JobRecord, resume: bool) -> None:
+        if not resume and not self._advance(record, S.JOB_STATE_PENDING):
+            return self._finish_cancel(record)
         pending_started = time.monotonic()
         try:
             prepared = self.runner.prepare(record.resource, self.files.dir(record.job_id),
                                            lambda m: self.files.log_event(record.job_id, m))
         except JobSetupError as exc:
             if record.cancel_requested:
-                return self._finish_cancel(record, started)
+                return self._finish_cancel(record)
             if self._shutdown.is_set():
                 return
             return self._finish(record, S.JOB_STATE_FAILED, {"code": CODE_INVALID_ARGUMENT, "message": str(exc)})
@@ -193,29 +247,11 @@ class JobDriver:
         if self._shutdown.is_set():
             return
         if record.cancel_requested:
-            return self._finish_cancel(record, time.monotonic())
-        if not self._acquire_capacity(record):
-            return
-        try:
-            procs = self._start_replicas(record, prepared)
-            if not resume:
-                self._transition(record, S.JOB_STATE_RUNNING)
-            self._monitor(record, prepared, procs)
-        finally:
-            if self._capacity is not None:
-                self._capacity.release()
-
-    def _acquire_capacity(self, record: JobRecord) -> bool:
-        """Wait in PENDING for a free slot (no limit: at once). False when cancelled or shutting down meanwhile."""
-        if self._capacity is None:
-            return True
-        while not self._capacity.acquire(timeout=self.tick):
-            if self._shutdown.is_set():
-                return False
-            if record.cancel_requested:
-                self._finish_cancel(record, time.monotonic())
-                return False
-        return True
+            return self._finish_cancel(record)
+        procs = self._start_replicas(record, prepared)
+        if not resume:
+            self._advance(record, S.JOB_STATE_RUNNING)  # a cancel meanwhile: `_monitor` kills and finishes
+        self._monitor(record, prepared, procs)
 
     def _start_replicas(self, record: JobRecord, prepared: Prepared) -> dict[str, ReplicaProcess]:
         job = record.resource
@@ -241,7 +277,13 @@ class JobDriver:
             self.store.save(record)
         return procs
 
+    def _signal_all(self, procs: dict[str, ReplicaProcess], sig: int) -> None:
+        for proc in procs.values():
+            if proc.pid and proc.poll() is None:
+                signal_group(proc.pid, sig)
+
     def _kill_all(self, record: JobRecord, procs: dict[str, ReplicaProcess], grace: float) -> None:
+        self._signal_all(procs, signal.SIGCONT)  # a PAUSED (stopped) replica handles SIGTERM only once continued
         threads = [threading.Thread(target=p.kill, args=(grace,)) for p in procs.values() if p.poll() is None]
         for t in threads:
             t.start()
@@ -263,6 +305,9 @@ class JobDriver:
         timeout = parse_duration(scheduling["timeout"]) if scheduling.get("timeout") else None
         job_started = time.monotonic()
         replicas_started = job_started
+        fail = record.faults.get("fail")
+        hold = record.faults.get("hold")
+        hold = hold if hold and hold["state"] != "QUEUED" else None
         while True:
             if self._shutdown.is_set():
                 self._kill_all(record, procs, min(self.kill_grace, 1.0))
@@ -279,6 +324,19 @@ class JobDriver:
                     "message": f"The job ran past its timeout of {scheduling['timeout']} (scheduling.timeout) "
                                "and was terminated.",
                 })
+            running = time.monotonic() - job_started
+            codes = {name: proc.poll() for name, proc in procs.items()}
+            ended = any(c not in (None, 0) for c in codes.values()) or all(c == 0 for c in codes.values())
+            if hold is not None and (running >= self.tick or ended):  # RUNNING visibly first; never skipped
+                held = self._hold_running(record, procs, hold)
+                hold, job_started, replicas_started = None, job_started + held, replicas_started + held
+                continue
+            if fail is not None and (running >= fail["after_seconds"] or ended):
+                # Whatever the replicas did, the job ends with the error the fault gives, so that the end state
+                # does not depend on how fast the job is.
+                self.files.log_event(record.job_id, "Killing replicas (fail fault)")
+                self._kill_all(record, procs, self.kill_grace)
+                return self._finish(record, S.JOB_STATE_FAILED, {"code": fail["code"], "message": fail["message"]})
             if self.faults.take_preempt(time.monotonic() - replicas_started):
                 record.preemptions += 1
                 self.files.log_event(record.job_id, "Preempting replicas (spot VM reclaimed)")
@@ -288,12 +346,8 @@ class JobDriver:
                     procs = self._start_replicas(record, prepared)
                     replicas_started = time.monotonic()
                     continue
-                return self._finish(record, S.JOB_STATE_FAILED, {
-                    "code": CODE_UNAVAILABLE,
-                    "message": "The replica workerpool0-0 was preempted: its spot VM was reclaimed. "
-                               "Set scheduling.restartJobOnWorkerRestart to restart the job after a preemption.",
-                })
-            codes = {name: proc.poll() for name, proc in procs.items()}
+                return self._finish(record, S.JOB_STATE_FAILED, preempted_error(
+                    "Set scheduling.restartJobOnWorkerRestart to restart the job after a preemption."))
             failed = [(n, c) for n, c in codes.items() if c not in (None, 0)]
             if failed:
                 name, code = failed[0]
@@ -307,3 +361,26 @@ class JobDriver:
                 self._kill_all(record, procs, 0)
                 return self._finish(record, S.JOB_STATE_SUCCEEDED)
             time.sleep(0.05)
+
+    def _hold_running(self, record: JobRecord, procs: dict[str, ReplicaProcess], hold: dict) -> float:
+        """The `hold` fault on a RUNNING job: PAUSED (replicas stopped with SIGSTOP, then resumed through QUEUED and
+        PENDING, as job_state.proto's QUEUED is "just created or resumed") or UPDATING (replicas go on), for
+        `seconds` or until a cancel. Returns the seconds it took, which do not count as running time."""
+        began = time.monotonic()
+        state = S[f"JOB_STATE_{hold['state']}"]
+        if not self._advance(record, state):
+            return 0.0
+        self.files.log_event(record.job_id, f"Held {state.name} for {hold['seconds']} s (hold fault)")
+        if state == S.JOB_STATE_PAUSED:
+            self._signal_all(procs, signal.SIGSTOP)
+        self._sleep(record, hold["seconds"])
+        if state == S.JOB_STATE_PAUSED:
+            self._signal_all(procs, signal.SIGCONT)
+        back = [S.JOB_STATE_QUEUED, S.JOB_STATE_PENDING] if state == S.JOB_STATE_PAUSED else []
+        for step in back:
+            if self._shutdown.is_set() or not self._advance(record, step):
+                return time.monotonic() - began
+            self._sleep(record, self.tick)
+        if not self._shutdown.is_set():
+            self._advance(record, S.JOB_STATE_RUNNING)
+        return time.monotonic() - began

@@ -24,7 +24,9 @@ class AdminClient:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         response = httpx.request(method, f"{self.base}{path}", timeout=30, **kwargs)
-        response.raise_for_status()
+        if response.is_error:  # say why (e.g. the unknown key of a fault payload), not only the status
+            raise httpx.HTTPStatusError(f"{method} {path}: HTTP {response.status_code}: {response.text}",
+                                        request=response.request, response=response)
         return response
 
     def health(self) -> dict:
@@ -37,7 +39,25 @@ class AdminClient:
             payload["preempt"] = preempt
         return self._call("POST", "/faults", json=payload).json()
 
+    def fail(self, *, code: int, message: str, after_seconds: float = 0.0, times: int = 1) -> dict:
+        """The next `times` jobs run `after_seconds`, then end FAILED with `error` {code, message} exactly."""
+        return self._arm("fail", after_seconds=after_seconds, code=code, message=message, times=times)
+
+    def hold(self, *, state: str, seconds: float, times: int = 1) -> dict:
+        """The next `times` jobs stay `seconds` in `state`: "QUEUED" (before they start), "PAUSED" or "UPDATING"
+        (once RUNNING), then go on."""
+        return self._arm("hold", state=state, seconds=seconds, times=times)
+
+    def cancel_outcome(self, *, state: str, times: int = 1) -> dict:
+        """The next `times` cancels lose the race: CANCELLING, then `state` ("JOB_STATE_SUCCEEDED" or
+        "JOB_STATE_FAILED", the latter with a retryable-looking preemption error)."""
+        return self._arm("cancel_outcome", state=state, times=times)
+
+    def _arm(self, kind: str, **fields: Any) -> dict:
+        return self._call("POST", "/faults", json={kind: fields}).json()
+
     def faults(self) -> dict:
+        """What is armed: {"rules", "preempt", "fail", "hold", "cancel_outcome"} with their `used` counts."""
         return self._call("GET", "/faults").json()
 
     def clear_faults(self) -> None:
@@ -78,7 +98,7 @@ class VertexEmulator(LoopbackServer):
             (default: this process's STORAGE_EMULATOR_HOST, if set).
         tick: seconds each quick state (QUEUED, PENDING, CANCELLING) lasts at least.
         kill_grace: seconds between SIGTERM and SIGKILL when killing replicas.
-        max_running: jobs running at once (a GPU quota); the rest wait in PENDING. None: no limit.
+        max_running: jobs running at once (a GPU quota); the rest wait in QUEUED. None: no limit.
         runner: "subprocess" (real processes) or "instant".
         env: extra environment for the server (and so for its jobs' allow-listed variables).
         python: interpreter to run the server with (the jobs' venvs are made from it).

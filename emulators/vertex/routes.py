@@ -21,8 +21,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from emulators.vertex.errors import ApiError, InvalidArgument, NotFound, error_body
-from emulators.vertex.faults import Faults
+from emulators.vertex.faults import Faults, quota_exceeded_message
 from emulators.vertex.service import JobService
+from emulators.vertex.spec import normalize_custom_job
 
 _JOBS = r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/customJobs"
 #: (HTTP method, path regex under /v1/, API method name = the `_Handlers` method that serves it)
@@ -34,6 +35,8 @@ API_ROUTES = [
     ("POST", re.compile(rf"^{_JOBS}/(?P<job>[^/:]+):cancel$"), "cancel"),
 ]
 
+#: Default texts of injected error statuses. A 429 on create says instead what Vertex says for a quota refusal
+#: (`faults.quota_exceeded_message`).
 FAULT_MESSAGES = {
     429: "Resource has been exhausted (e.g. check quota).",
     500: "Internal error encountered.",
@@ -149,7 +152,7 @@ class _Handlers:
             if rule.delay_seconds:
                 time.sleep(rule.delay_seconds)
             if rule.status is not None:
-                message = rule.message or FAULT_MESSAGES.get(rule.status, f"Injected fault (HTTP {rule.status}).")
+                message = rule.message or _fault_message(method, rule.status, body)
                 if rule.commit_then_drop:
                     resource = handler(groups, request, body)
                     self.service.mark_create_response_dropped(resource["name"])
@@ -214,6 +217,16 @@ class _Handlers:
         if options.get("jobs"):
             await run_in_threadpool(self.service.forget_all_jobs)
         return _json({})
+
+
+def _fault_message(method: str, status: int, body: Any) -> str:
+    """The default message of an injected error status; a 429 on create carries Vertex's quota text."""
+    if method == "create" and status == 429:
+        try:
+            return quota_exceeded_message(normalize_custom_job(body))
+        except InvalidArgument:
+            pass  # a body the create would refuse anyway: no GPU to name
+    return FAULT_MESSAGES.get(status, f"Injected fault (HTTP {status}).")
 
 
 def _job_name(path: dict) -> str:

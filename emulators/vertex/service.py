@@ -29,7 +29,8 @@ class JobService:
 
     Args:
         store: where job records live (persistent with a state dir).
-        driver: runs the jobs created here and is woken by cancels.
+        driver: runs the jobs created here and is woken by cancels; its `faults` are claimed here (`fail` and
+            `hold` by each create, `cancel_outcome` by each accepted cancel).
         files: per-job work directories and logs (for the admin log view).
         base_url: this server's URL, for the log links put in `webAccessUris`.
     """
@@ -39,6 +40,7 @@ class JobService:
         self.driver = driver
         self.files = files
         self.base_url = base_url.rstrip("/")
+        self.faults = driver.faults
 
     # ---- API methods -------------------------------------------------------------------------------------------
 
@@ -59,9 +61,12 @@ class JobService:
             # with enableWebAccess (keys "workerpool0-0"); the key "emulator-log" cannot clash with those.
             "webAccessUris": {"emulator-log": job_log_url(self.base_url, job_id)},
         })
-        record = JobRecord(resource=job, job_id=job_id)
+        record = JobRecord(resource=job, job_id=job_id, history=[{"state": S.JOB_STATE_QUEUED.name, "time": stamp}],
+                           faults=self.faults.claim_for_new_job())
         self.store.add(record)
         self.files.log_event(job_id, f"Job created: {job.get('displayName')!r}")
+        if record.faults:
+            self.files.log_event(job_id, f"Injected faults claimed: {record.faults}")
         self.driver.start(record)
         return record
 
@@ -102,9 +107,13 @@ class JobService:
             if state.terminal:
                 raise FailedPrecondition(f"Cannot cancel CustomJob \"{name}\" because it is in state {state.name}.")
             record.cancel_requested = True
+            outcome = self.faults.claim_cancel_outcome()
+            if outcome is not None:
+                record.faults["cancel_outcome"] = outcome
             record.transition(S.JOB_STATE_CANCELLING)
             self.store.save(record)
-        self.files.log_event(record.job_id, "Cancel requested")
+        self.files.log_event(record.job_id, "Cancel requested" + (f" (it will lose the race: {outcome['state']})"
+                                                                   if outcome else ""))
         self.driver.wake(record.job_id)
 
     def delete(self, name: str) -> dict:
@@ -157,6 +166,8 @@ class JobService:
             "createResponseDropped": record.create_response_dropped,
             "cancelRequested": record.cancel_requested,
             "preemptions": record.preemptions,
+            "stateHistory": [dict(h) for h in record.history],
+            "faults": copy.deepcopy(record.faults),
             "replicas": [vars(r).copy() for r in record.replicas],
             "logUrl": job_log_url(self.base_url, record.job_id),
             "workDir": str(self.files.dir(record.job_id)),

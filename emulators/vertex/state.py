@@ -38,12 +38,23 @@ class JobState(enum.IntEnum):
 S = JobState
 TERMINAL_STATES = frozenset({S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED})
 
-#: Every transition the emulator makes. A preempted replica that restarts keeps the job RUNNING (as Vertex does).
+#: Every transition the emulator makes, within what google/cloud/aiplatform/v1/job_state.proto allows:
+#: - QUEUED: "The job has been just created or resumed and processing has not yet begun." (so PAUSED -> QUEUED)
+#: - CANCELLING: "From this state the job may only go to either `JOB_STATE_SUCCEEDED`, `JOB_STATE_FAILED` or
+#:   `JOB_STATE_CANCELLED`." (the `cancel_outcome` fault makes the first two)
+#: - PAUSED: "The job has been stopped, and can be resumed."
+#: - UPDATING: "Only jobs in the `RUNNING` state can be updated. After updating, the job goes back to the `RUNNING`
+#:   state."
+#: A preempted replica that restarts keeps the job RUNNING (as Vertex does). FAILED is reachable from every live
+#: state (an infrastructure failure). EXPIRED and PARTIALLY_SUCCEEDED are never made (not CustomJob states).
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.JOB_STATE_QUEUED: frozenset({S.JOB_STATE_PENDING, S.JOB_STATE_CANCELLING, S.JOB_STATE_FAILED}),
     S.JOB_STATE_PENDING: frozenset({S.JOB_STATE_RUNNING, S.JOB_STATE_CANCELLING, S.JOB_STATE_FAILED, S.JOB_STATE_QUEUED}),
-    S.JOB_STATE_RUNNING: frozenset({S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLING}),
-    S.JOB_STATE_CANCELLING: frozenset({S.JOB_STATE_CANCELLED}),
+    S.JOB_STATE_RUNNING: frozenset({S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLING,
+                                    S.JOB_STATE_PAUSED, S.JOB_STATE_UPDATING}),
+    S.JOB_STATE_PAUSED: frozenset({S.JOB_STATE_QUEUED, S.JOB_STATE_CANCELLING, S.JOB_STATE_FAILED}),
+    S.JOB_STATE_UPDATING: frozenset({S.JOB_STATE_RUNNING, S.JOB_STATE_CANCELLING, S.JOB_STATE_FAILED}),
+    S.JOB_STATE_CANCELLING: frozenset({S.JOB_STATE_CANCELLED, S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED}),
     S.JOB_STATE_SUCCEEDED: frozenset(),
     S.JOB_STATE_FAILED: frozenset(),
     S.JOB_STATE_CANCELLED: frozenset(),
@@ -80,6 +91,10 @@ class JobRecord:
     create_response_dropped: bool = False
     preemptions: int = 0
     replicas: list[ReplicaInfo] = field(default_factory=list)
+    #: Every state the job was in, with when it entered it: [{"state": "JOB_STATE_QUEUED", "time": RFC 3339}, ...].
+    history: list[dict] = field(default_factory=list)
+    #: The per-job faults this job (or its cancel) claimed: {"fail": {...}, "hold": {...}, "cancel_outcome": {...}}.
+    faults: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -103,6 +118,7 @@ class JobRecord:
             self.resource["endTime"] = stamp
         if error is not None:
             self.resource["error"] = error
+        self.history.append({"state": new.name, "time": stamp})
 
     def to_json(self) -> dict:
         data = asdict(self)

@@ -88,7 +88,7 @@ def test_clear_faults(job_client, vertex_admin):
             list(job_client.list_custom_jobs(parent=PARENT))
     vertex_admin.clear_faults()
     list(job_client.list_custom_jobs(parent=PARENT))
-    assert vertex_admin.faults() == {"rules": [], "preempt": None}
+    assert vertex_admin.faults() == {"rules": [], "preempt": None, "fail": None, "hold": None, "cancel_outcome": None}
 
 
 def test_bad_fault_rule_is_rejected(vertex_emulator):
