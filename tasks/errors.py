@@ -5,9 +5,11 @@
     ├── DataError          the data set cannot be used (encoding, format, labels, classes)
     ├── StorageError       GCS refused or lost something
     ├── JobSubmitError     Vertex refused the CustomJob
-    ├── JobFailedError     the CustomJob ended FAILED/CANCELLED/EXPIRED (carries Vertex's message + log tail)
+    ├── JobFailedError     the CustomJob ended FAILED/CANCELLED/EXPIRED (Vertex's first line, a hint, the log tail)
     │   └── RetryableJobError   ...for infrastructure reasons (preemption, stockout): worth resubmitting
-    └── JobTimeoutError    the watch outlived its deadline
+    ├── JobTimeoutError    the watch outlived the job's deadline; the flow cancelled the job
+    ├── JobWatchError      the watch stopped on an error; the flow cancelled the job (or says it could not)
+    └── JobCancelError     some jobs could not be cancelled (the others were)
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ class JobSubmitError(FinsentError):
 class JobFailedError(FinsentError):
     """The CustomJob ended without success."""
 
-    def __init__(self, message: str, *, job_name: str = "", state: str = "", log_tail: str = ""):
+    def __init__(self, message: str, *, job_name: str = "", state: str = "", log_tail: str = "", reason: str = ""):
         super().__init__(message)
         self.job_name = job_name
         self.state = state
         self.log_tail = log_tail
+        self.reason = reason  # tasks.vertex.Failure value: out_of_memory, user_error, preempted, stockout, ...
 
 
 class RetryableJobError(JobFailedError):
@@ -48,4 +51,18 @@ class RetryableJobError(JobFailedError):
 
 
 class JobTimeoutError(FinsentError):
-    """Waiting for the CustomJob took longer than the configured deadline."""
+    """The CustomJob outlived its deadline (queued past max_wait_seconds, or running past timeout_seconds, plus the
+    grace); the flow stopped watching and cancelled it, so no job is left running unwatched."""
+
+
+class JobWatchError(FinsentError):
+    """The watch stopped on an error that polling again cannot fix; the flow cancelled the job (or says why not)."""
+
+
+class JobCancelError(FinsentError):
+    """A cancel reached some jobs but not all: `not_cancelled` names the others (each with its error)."""
+
+    def __init__(self, message: str, *, cancelled: list[str], not_cancelled: dict[str, str]):
+        super().__init__(message)
+        self.cancelled = cancelled
+        self.not_cancelled = not_cancelled

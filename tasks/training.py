@@ -50,10 +50,12 @@ def train_model(
     run_key: str,
     env: dict[str, str],
 ) -> vertex.JobOutcome:
-    """One Vertex CustomJob for one model, watched to the end; `output_uri` is the model's folder in the layout."""
+    """One Vertex CustomJob for one model, watched to the end; `output_uri` is the model's folder in the layout.
+    The job is labelled with this flow run's id, so the orphan reaper can tell whether anyone still watches it."""
     request = vertex.JobRequest(
-        model, package_uri=package_uri, data_uri=data_uri, output_uri=output_uri, run_key=run_key, env=env
-    )
+        model, package_uri=package_uri, data_uri=data_uri, output_uri=output_uri, run_key=run_key, env=env,
+        flow_run_id=current_flow_run.id,
+    )  # fmt: skip
     return vertex.JobRunner(cfg, log=get_run_logger().info).run(request)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from google.api_core import exceptions as gexc
+from google.auth.exceptions import RefreshError
 from google.auth.exceptions import TransportError as AuthTransportError
 from requests import exceptions as rexc
 
@@ -35,6 +36,13 @@ TRANSIENT_CALL_ERRORS = (
 )
 # What a Prefect task retries: the above, and a client's own retries that ran out of time.
 TRANSIENT_ERRORS = (*TRANSIENT_CALL_ERRORS, gexc.RetryError)
+# The watch of a running job also polls again after a failed token refresh. On GCE, Cloud Run or Vertex the token
+# comes from the metadata server, and google-auth turns a metadata-server TransportError into a plain RefreshError
+# (google/auth/compute_engine/credentials.py, Credentials.refresh: `except exceptions.TransportError as caught_exc:
+# new_exc = exceptions.RefreshError(caught_exc)`, google-auth 2.63.0; issue 11 item 6). Ending the watch would
+# abandon a job that is fine, and the watch's own deadline bounds a refresh that never recovers. Create, list and
+# cancel do not retry it: there a broken credential should fail at once.
+WATCH_TRANSIENT_ERRORS = (*TRANSIENT_CALL_ERRORS, RefreshError)
 
 
 class TransientError(Exception):

@@ -14,20 +14,22 @@ def test_every_path_in_one_place():
     assert LAYOUT.dataset_file("f00d", "train.csv") == "gs://bkt/finsent/data/f00d/train.csv"
     assert LAYOUT.package("ab" * 32, "t-0.1.tar.gz") == "gs://bkt/finsent/packages/abababababababab/t-0.1.tar.gz"
     output = LAYOUT.run_output("Run/Key 1", "bert")
-    assert output == "gs://bkt/finsent/runs/run-key-1/bert"  # the run key as a GCP label value, like the job labels
-    assert LAYOUT.model_dir(output) == "gs://bkt/finsent/runs/run-key-1/bert/model/"
-    assert LAYOUT.metrics(output) == "gs://bkt/finsent/runs/run-key-1/bert/model/metrics.json"
-    assert LAYOUT.checkpoint_dir(output) == "gs://bkt/finsent/runs/run-key-1/bert/checkpoints/"
+    # The run label: the run key as a GCP label value plus sha256(run key)[:10], like the job labels. Pinned: a new
+    # digest would make a rerun after an upgrade miss its jobs and checkpoints.
+    assert output == "gs://bkt/finsent/runs/run-key-1-e027b38ede/bert"
+    assert LAYOUT.model_dir(output) == "gs://bkt/finsent/runs/run-key-1-e027b38ede/bert/model/"
+    assert LAYOUT.metrics(output) == "gs://bkt/finsent/runs/run-key-1-e027b38ede/bert/model/metrics.json"
+    assert LAYOUT.checkpoint_dir(output) == "gs://bkt/finsent/runs/run-key-1-e027b38ede/bert/checkpoints/"
     assert LAYOUT.trained_marker("k3y") == "gs://bkt/finsent/trained/k3y.json"
     assert LAYOUT.champion == "gs://bkt/finsent/champion.json"
 
 
 def test_run_output_is_the_flows_value_before_the_layout():
     cfg = PipelineConfig(project="p", bucket="bkt")
-    from tasks.run_identity import label_value
+    from tasks.run_identity import run_label
 
     run_key = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
-    assert BucketLayout.of(cfg).run_output(run_key, "lstm") == f"{cfg.base_uri}/runs/{label_value(run_key)}/lstm"
+    assert BucketLayout.of(cfg).run_output(run_key, "lstm") == f"{cfg.base_uri}/runs/{run_label(run_key)}/lstm"
 
 
 def test_prefix_slashes_and_an_empty_prefix():

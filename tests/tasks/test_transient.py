@@ -54,3 +54,18 @@ def test_a_completed_state_is_not_retried():
             return 1
 
     assert retry_if_transient(None, None, Completed()) is False
+
+
+def test_a_failed_token_refresh_is_transient_for_the_watch_only():
+    # google-auth wraps a metadata-server TransportError in a plain RefreshError (compute_engine/credentials.py,
+    # Credentials.refresh); a multi-hour watch polls again, while create/list/cancel and the tasks fail at once on
+    # what may be a broken credential.
+    from google.auth.exceptions import RefreshError, TransportError
+
+    from tasks.transient import WATCH_TRANSIENT_ERRORS
+    from tasks.vertex import is_transient as vertex_call_is_transient
+
+    hiccup = RefreshError(TransportError("Failed to retrieve http://metadata.google.internal/...: timed out"))
+    assert isinstance(hiccup, WATCH_TRANSIENT_ERRORS)
+    assert not vertex_call_is_transient(hiccup)
+    assert retry_if_transient(None, None, failed_state(hiccup)) is False

@@ -1,8 +1,10 @@
-"""tasks/vertex.py against the Vertex emulator through the real REST client: idempotent submit, the watch, and the
-one retry of list, create and cancel against injected 503/429 bursts."""
+"""tasks/vertex.py against the Vertex emulator through the real REST client: idempotent submit, the watch (and the
+cancel when it stops watching), the cancel that reaches every job, and the one retry of list, create and cancel
+against injected 503/429 bursts."""
 
 from __future__ import annotations
 
+import copy
 import uuid
 
 import pytest
@@ -11,7 +13,8 @@ from google.cloud import storage
 
 from tasks import vertex
 from tasks.config import parse_config
-from tasks.errors import JobSubmitError
+from tasks.errors import JobCancelError, JobSubmitError, JobTimeoutError, JobWatchError
+from tasks.run_identity import LABEL_MODEL, LABEL_RUN
 from tests.emulators.emujob_sdist import build_sdist
 
 
@@ -114,3 +117,49 @@ def test_create_that_keeps_failing_is_a_submit_error_and_creates_nothing(sleeper
     assert len(creates) > 1 and set(creates) == {503}
     assert len(lists) == len(creates), "every create, first and again, is preceded by a look for the job"
     assert not [j for j in vertex_admin.jobs() if j.get("labels") == spec["labels"]], "no job behind the 503s"
+
+
+def _other_model(spec: dict) -> dict:
+    """The same run's job for the other model (same run label)."""
+    other = copy.deepcopy(spec)
+    other["labels"][LABEL_MODEL] = "bert"
+    other["display_name"] = spec["display_name"].replace("-lstm-", "-bert-")
+    return other
+
+
+def test_one_jobs_cancel_error_does_not_stop_the_others(sleeper_job, vertex_admin):
+    cfg, spec = sleeper_job
+    runner = vertex.JobRunner(cfg, retry=QUICK_RETRY)
+    jobs = [runner.submit(spec), runner.submit(_other_model(spec))]
+    vertex_admin.set_faults([{"method": "cancel", "status": 403, "times": 1}])  # the first cancel is refused
+    with pytest.raises(JobCancelError) as info:
+        runner.cancel({LABEL_RUN: spec["labels"][LABEL_RUN]})
+    assert _statuses(vertex_admin, "cancel") == [403, 200], "the loop went on to the second job"
+    (refused,) = info.value.not_cancelled
+    (cancelled,) = info.value.cancelled
+    assert refused in str(info.value) and "\n" not in str(info.value)
+    assert {refused, cancelled} == {job.name for job in jobs}
+    assert vertex_admin.job(cancelled)["state"] in ("JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED")
+    assert vertex_admin.job(refused)["state"] in ("JOB_STATE_PENDING", "JOB_STATE_QUEUED", "JOB_STATE_RUNNING")
+
+
+def test_a_watch_past_its_deadline_cancels_the_job_and_says_so(sleeper_job, vertex_admin):
+    cfg, spec = sleeper_job
+    runner = vertex.JobRunner(cfg, retry=QUICK_RETRY, grace_seconds=0)
+    job = runner.submit(spec)
+    with pytest.raises(JobTimeoutError, match=r"timeout_seconds=1\); cancelled the job") as info:
+        runner.watch(job.name, timeout_seconds=1)  # the sleeper runs 3 s
+    assert "\n" not in str(info.value)
+    assert _statuses(vertex_admin, "cancel") == [200]
+    assert vertex_admin.job(job.name)["state"] in ("JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED")
+
+
+def test_a_watch_stopped_by_an_error_cancels_the_job_and_says_so(sleeper_job, vertex_admin):
+    cfg, spec = sleeper_job
+    runner = vertex.JobRunner(cfg, retry=QUICK_RETRY)
+    job = runner.submit(spec)
+    vertex_admin.set_faults([{"method": "get", "status": 403, "times": 1}])  # not transient: polling cannot fix it
+    with pytest.raises(JobWatchError, match="Forbidden.*cancelled the job"):
+        runner.watch(job.name)
+    assert _statuses(vertex_admin, "cancel") == [200]
+    assert vertex_admin.job(job.name)["state"] in ("JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED")
