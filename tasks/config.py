@@ -175,6 +175,8 @@ class PipelineConfig(_Strict):
     boot_disk_size_gb: int = Field(100, ge=10)
     executor_image_uri: str = DEFAULT_EXECUTOR_IMAGE
     scheduling_strategy: Literal["STANDARD", "SPOT", "FLEX_START"] = "STANDARD"
+    # custom_job.proto, Scheduling.restart_job_on_worker_restart: "Restarts the entire CustomJob if a worker gets
+    # restarted" (so with one replica: the whole job, which resumes from its checkpoints).
     restart_job_on_worker_restart: bool = Field(
         True,
         description="Vertex restarts the entire CustomJob (every replica) when a worker restarts, e.g. after a "
