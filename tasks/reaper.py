@@ -22,10 +22,9 @@ from prefect import get_client, get_run_logger, task
 
 from tasks import vertex
 from tasks.config import PipelineConfig
-from tasks.run_identity import LABEL_ATTEMPT, LABEL_MODEL, LABEL_RUN, run_label
+from tasks.errors import JobCancelError
+from tasks.run_identity import LABEL_FLOW_RUN, LABEL_MODEL, LABEL_RUN, identity, run_label
 
-# The Prefect flow run that created the job (set by tasks/vertex.py through tasks/run_identity.py).
-LABEL_FLOW_RUN = "finsent-flow-run"
 # Prefect's final state types (prefect.client.schemas.objects.TERMINAL_STATES): nobody will watch the job again.
 FINAL_FLOW_RUN_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 # Flow runs that are, or may yet be, watching jobs: every other state type.
@@ -148,9 +147,11 @@ def _live_run_labels(client) -> dict[str, str]:
 def _cancel(runner: vertex.JobRunner, job, log) -> tuple[list[str], str]:
     """Cancel one orphan through the runner, by its identity labels (so the runner's skipping of ended jobs and its
     retries apply); returns the names cancelled and, on failure, why: one job's error must not stop the sweep."""
-    identity = {key: job.labels[key] for key in (LABEL_RUN, LABEL_MODEL, LABEL_ATTEMPT) if key in job.labels}
     try:
-        return runner.cancel(identity), ""
+        return runner.cancel(identity(dict(job.labels))), ""
+    except JobCancelError as exc:
+        log(f"could not cancel {job.name}: {exc}")
+        return exc.cancelled, f"cancel failed: {exc.not_cancelled.get(job.name, exc)}"
     except Exception as exc:  # noqa: BLE001 - reported in the row; the other orphans are still cancelled
         log(f"could not cancel {job.name}: {type(exc).__name__}: {exc}")
         return [], f"cancel failed: {type(exc).__name__}: {exc}"

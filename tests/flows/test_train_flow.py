@@ -11,6 +11,7 @@ from flows.train import train
 from tasks.config import parse_config
 from tasks.errors import ConfigError
 from tasks.layout import BucketLayout
+from tasks.run_identity import LABEL_FLOW_RUN, LABEL_RUN, run_label
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -54,9 +55,11 @@ def test_trains_both_models_reports_and_skips_an_unchanged_rerun(flow_config, ve
         assert 0.0 <= row["test_macro_f1"] <= 1.0 and row["epochs"] == 1
     assert result["bytes_uploaded"] > 0
     assert _creates(vertex_admin) == 2, "exactly one Vertex job per model"
-    run_label = str(state.state_details.flow_run_id)
-    jobs = [job for job in vertex_admin.jobs() if job.get("labels", {}).get("finsent-run") == run_label]
+    flow_run_id = str(state.state_details.flow_run_id)
+    # the run key defaults to the flow run id; its label carries a digest of it (tasks/run_identity.py)
+    jobs = [job for job in vertex_admin.jobs() if job.get("labels", {}).get(LABEL_RUN) == run_label(flow_run_id)]
     assert sorted(job["labels"]["finsent-model"] for job in jobs) == ["bert", "lstm"]
+    assert all(job["labels"][LABEL_FLOW_RUN] == flow_run_id for job in jobs), "the orphan reaper's handle"
     assert all(job["state"] == "JOB_STATE_SUCCEEDED" for job in jobs)
 
     assert {"finsent-metrics", "finsent-confusion-bert", "finsent-confusion-lstm", "finsent-summary"} <= (

@@ -19,7 +19,6 @@ from prefect.states import Completed, Crashed, Running
 from flows.reap import ARTIFACT_KEY, reap
 from tasks import vertex
 from tasks.config import parse_config
-from tasks.reaper import LABEL_FLOW_RUN
 from tests.emulators.emujob_sdist import build_sdist
 from tests.reliability.conftest import wait_until
 
@@ -52,11 +51,8 @@ def sleeping_job(config: dict, package_uri: str, *, flow_run_id: str | None, run
     cfg = parse_config(config)
     run_key = run_key or f"reap-{uuid.uuid4().hex[:8]}"
     request = vertex.JobRequest("lstm", package_uri=package_uri, data_uri="gs://unused/data",
-                                output_uri=f"gs://unused/runs/{run_key}", run_key=run_key)
+                                output_uri=f"gs://unused/runs/{run_key}", run_key=run_key, flow_run_id=flow_run_id)
     job = vertex.build_custom_job(cfg, request)
-    job["labels"].pop(LABEL_FLOW_RUN, None)
-    if flow_run_id:
-        job["labels"][LABEL_FLOW_RUN] = flow_run_id
     job["job_spec"]["worker_pool_specs"][0]["python_package_spec"] |= {"python_module": "emujob.sleep",
                                                                       "args": ["600"]}
     runner = vertex.JobRunner(cfg, log=lambda line: None)

@@ -7,9 +7,8 @@ import datetime as dt
 import pytest
 from prefect.client.schemas.objects import TERMINAL_STATES, StateType
 
-from tasks.reaper import (FINAL_FLOW_RUN_STATES, LABEL_FLOW_RUN, LIVE_FLOW_RUN_STATES, UNFINISHED_FINSENT_JOBS,
-                          FlowRunSeen, decide)
-from tasks.run_identity import LABEL_RUN
+from tasks.reaper import FINAL_FLOW_RUN_STATES, LIVE_FLOW_RUN_STATES, UNFINISHED_FINSENT_JOBS, FlowRunSeen, decide
+from tasks.run_identity import LABEL_FLOW_RUN, LABEL_RUN
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.timezone.utc)
 FLOW_RUN = "0b8f6a52-5a7e-4c1e-9f43-1d2f3a4b5c6d"
