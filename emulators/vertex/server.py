@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runner", choices=["subprocess", "instant"], default="subprocess")
     parser.add_argument("--tick", type=float, default=0.2, help="seconds QUEUED, PENDING and CANCELLING last at least")
     parser.add_argument("--max-running", type=int, default=None,
-                        help="jobs running at once, like a GPU quota: the rest wait in PENDING (default: no limit)")
+                        help="jobs past QUEUED at once, like a GPU quota: the rest wait in QUEUED (default: no limit)")
     parser.add_argument("--kill-grace", type=float, default=2.0, help="seconds between SIGTERM and SIGKILL")
     parser.add_argument("--no-venv-cache", action="store_true", help="install packages into a fresh venv per job")
     parser.add_argument("--log-level", default="warning")

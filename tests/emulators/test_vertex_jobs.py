@@ -265,7 +265,10 @@ def test_high_level_custom_job_failure_raises(vertex_emulator, package_uri, job_
     assert job.state.name == "JOB_STATE_FAILED"
 
 
-def test_max_running_keeps_extra_jobs_pending_like_a_gpu_quota(make_job, gcs_emulator):
+def test_max_running_keeps_extra_jobs_queued_like_a_gpu_quota(make_job, gcs_emulator):
+    # "if your Google Cloud project does not have sufficient remaining custom training quotas for your job, then
+    # Vertex AI keeps the job queued until you have sufficient quotas" (docs: "Understand the training service",
+    # docs.cloud.google.com/vertex-ai/docs/training/understanding-training-service).
     from emulators.vertex import VertexEmulator
 
     with VertexEmulator(gcs_endpoint=gcs_emulator.endpoint, max_running=1) as emulator:
@@ -274,7 +277,11 @@ def test_max_running_keeps_extra_jobs_pending_like_a_gpu_quota(make_job, gcs_emu
         wait_for_state(client, first.name, {"JOB_STATE_RUNNING"})
         second = client.create_custom_job(parent=PARENT, custom_job=make_job("write"))
         time.sleep(1.5)  # several ticks: with a free slot it would have run and succeeded by now
-        assert client.get_custom_job(name=second.name).state.name == "JOB_STATE_PENDING"
+        waiting = client.get_custom_job(name=second.name)
+        assert waiting.state.name == "JOB_STATE_QUEUED" and not waiting.start_time
+        assert [h["state"] for h in emulator.admin.job(second.name)["emulator"]["stateHistory"]] == ["JOB_STATE_QUEUED"]
         client.cancel_custom_job(name=first.name)
         assert wait_for_state(client, first.name, TERMINAL).state.name == "JOB_STATE_CANCELLED"
         assert wait_for_state(client, second.name, TERMINAL).state.name == "JOB_STATE_SUCCEEDED"
+        assert [h["state"] for h in emulator.admin.job(second.name)["emulator"]["stateHistory"]] == [
+            "JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"]

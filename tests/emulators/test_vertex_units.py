@@ -10,7 +10,7 @@ from tasks.config import parse_config
 from tasks.errors import ConfigError
 
 from emulators.vertex.errors import InvalidArgument
-from emulators.vertex.faults import Faults
+from emulators.vertex.faults import Faults, quota_metric
 from emulators.vertex.filters import parse_filter
 from emulators.vertex.spec import normalize_custom_job, validate_custom_job
 from emulators.vertex.state import TRANSITIONS, IllegalTransition, JobRecord, JobState
@@ -38,6 +38,39 @@ def test_transition_table_rejects_illegal_moves():
     record.transition(JobState.JOB_STATE_CANCELLED, {"code": 1, "message": "CANCELED"})
     assert record.resource["error"]["code"] == 1 and "endTime" in record.resource
     assert all(not TRANSITIONS[s] for s in TRANSITIONS if s.terminal)
+
+
+def test_transitions_follow_job_state_proto():
+    """job_state.proto: CANCELLING "may only go to either SUCCEEDED, FAILED or CANCELLED"; UPDATING "goes back to
+    the RUNNING state"; only RUNNING jobs can be updated; PAUSED "can be resumed" (to QUEUED: "just created or
+    resumed")."""
+    S = JobState
+    assert TRANSITIONS[S.JOB_STATE_CANCELLING] == {S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED}
+    assert S.JOB_STATE_RUNNING in TRANSITIONS[S.JOB_STATE_UPDATING]
+    assert [s for s in TRANSITIONS if S.JOB_STATE_UPDATING in TRANSITIONS[s]] == [S.JOB_STATE_RUNNING]
+    assert S.JOB_STATE_QUEUED in TRANSITIONS[S.JOB_STATE_PAUSED]
+    record = JobRecord(resource={"name": "projects/p/locations/l/customJobs/1", "state": "JOB_STATE_RUNNING"},
+                       job_id="1")
+    for state in (S.JOB_STATE_PAUSED, S.JOB_STATE_QUEUED, S.JOB_STATE_PENDING, S.JOB_STATE_RUNNING,
+                  S.JOB_STATE_UPDATING, S.JOB_STATE_RUNNING, S.JOB_STATE_CANCELLING, S.JOB_STATE_FAILED):
+        record.transition(state)
+    assert [h["state"] for h in record.history][-2:] == ["JOB_STATE_CANCELLING", "JOB_STATE_FAILED"]
+    with pytest.raises(IllegalTransition):
+        JobRecord(resource={"name": "n", "state": "JOB_STATE_QUEUED"}, job_id="2").transition(S.JOB_STATE_UPDATING)
+
+
+@pytest.mark.parametrize(("gpu", "metric"), [
+    ("NVIDIA_TESLA_T4", "custom_model_training_nvidia_t4_gpus"),  # the issue's and users' reports
+    ("NVIDIA_L4", "custom_model_training_nvidia_l4_gpus"),  # stable-diffusion-on-gcp issue #12
+    ("NVIDIA_TESLA_K80", "custom_model_training_nvidia_k80_gpus"),  # vertex-ai-samples issue #700
+    ("NVIDIA_A100_80GB", "custom_model_training_nvidia_a100_80gb_gpus"),
+    ("NVIDIA_H100_80GB", "custom_model_training_nvidia_h100_gpus"),
+    (None, "custom_model_training_cpus"),
+])
+def test_quota_metric_of_a_job(gpu, metric):
+    machine = {"machineType": "n1-standard-4", **({"acceleratorType": gpu} if gpu else {})}
+    assert quota_metric({"jobSpec": {"workerPoolSpecs": [{"machineSpec": machine}]}}) == \
+        f"aiplatform.googleapis.com/{metric}"
 
 
 def test_normalize_accepts_enum_ints_and_int64_strings():
