@@ -230,7 +230,10 @@ def test_twenty_concurrent_flow_runs_have_isolated_outputs(rel_config, quota_emu
     by_run = {}
     for job in jobs:
         by_run.setdefault(job.get("labels", {}).get(run_identity.LABEL_RUN), []).append(job)
-    assert sorted(by_run) == keys and all(len(v) == 1 for v in by_run.values()), "exactly one job per run"
+    expected = {run_identity.run_label(key): str(state.state_details.flow_run_id) for key, state in zip(keys, states)}
+    assert sorted(by_run) == sorted(expected) and all(len(v) == 1 for v in by_run.values()), "exactly one job per run"
+    assert {label: v[0]["labels"][run_identity.LABEL_FLOW_RUN] for label, v in by_run.items()} == expected, (
+        "each job names the flow run that watches it (for the orphan reaper)")
     assert [r["status"] for r in vertex_admin.requests("create")] == [200] * N_CONCURRENT
     outputs = {j["jobSpec"]["baseOutputDirectory"]["outputUriPrefix"] for j in jobs}
     assert len(outputs) == N_CONCURRENT
