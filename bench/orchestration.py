@@ -108,7 +108,7 @@ def _flow_run_details(flow_run_id, wanted: str) -> tuple[list, list]:
 
 def _measure_flow_run(train, cfg, *, force: bool, run_key: str, admin) -> dict:
     """Run the flow once; wall time, the job's times from the emulator, per-task durations and the poll lag."""
-    from tasks.run_identity import LABEL_RUN, label_value
+    from tasks.run_identity import LABEL_RUN, run_label
 
     t0 = time.time()
     state = train(config=cfg, force=force, run_key=run_key, return_state=True)
@@ -120,12 +120,12 @@ def _measure_flow_run(train, cfg, *, force: bool, run_key: str, admin) -> dict:
         "wall_s": round(t1 - t0, 3),
         "skipped": result["skipped"],
         "bytes_uploaded": result.get("bytes_uploaded"),
-        "jobs_created": sum(1 for j in admin.jobs() if j.get("labels", {}).get(LABEL_RUN) == label_value(run_key)),
+        "jobs_created": sum(1 for j in admin.jobs() if j.get("labels", {}).get(LABEL_RUN) == run_label(run_key)),
     }
     if result["skipped"]:
         return out
 
-    job = next(j for j in admin.jobs() if j.get("labels", {}).get(LABEL_RUN) == label_value(run_key))
+    job = next(j for j in admin.jobs() if j.get("labels", {}).get(LABEL_RUN) == run_label(run_key))
     created, started, ended = _ts(job["createTime"]), _ts(job["startTime"]), _ts(job["endTime"])
     task_runs, logs = _flow_run_details(state.state_details.flow_run_id, "SUCCEEDED after")
     steps = {}

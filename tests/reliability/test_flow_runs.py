@@ -199,7 +199,7 @@ N_CONCURRENT = 20
 
 @pytest.fixture
 def quota_emulator(gcs_emulator):
-    """A Vertex emulator that runs 4 jobs at once, the rest PENDING, like a regional GPU quota. Without it 20
+    """A Vertex emulator that runs 4 jobs at once, the rest QUEUED, like a regional GPU quota. Without it 20
     simultaneous trainings starve the 2-core machine and the Prefect test server answers 503."""
     from emulators.vertex import VertexEmulator
 
