@@ -25,7 +25,7 @@ def test_503_twice_on_create_then_success(job_client, make_job, vertex_admin):
     assert [r["status"] for r in creates] == [503, 503, 200]
     assert creates[-1]["job"] == job.name
     run = spec["labels"]["run"]
-    assert [j["name"] for j in vertex_admin.jobs() if j["labels"].get("run") == run] == [job.name]
+    assert [j["name"] for j in vertex_admin.jobs() if j.get("labels", {}).get("run") == run] == [job.name]
     wait_for_state(job_client, job.name, TERMINAL)
 
 
@@ -35,7 +35,7 @@ def test_commit_then_drop_creates_the_job_but_fails_the_call(job_client, make_jo
     run = spec["labels"]["run"]
     with pytest.raises(exceptions.ServiceUnavailable):
         job_client.create_custom_job(parent=PARENT, custom_job=spec)
-    ours = [j for j in vertex_admin.jobs() if j["labels"].get("run") == run]
+    ours = [j for j in vertex_admin.jobs() if j.get("labels", {}).get("run") == run]
     assert len(ours) == 1 and ours[0]["emulator"]["createResponseDropped"] is True
     # The de-duplication handle: list by the unique label finds the job the client never heard of.
     listed = list(job_client.list_custom_jobs(request={"parent": PARENT, "filter": f'labels.run="{run}"'}))

@@ -233,7 +233,7 @@ def test_429_on_create_carries_vertex_quota_message(job_client, make_job, vertex
     # The REST transport puts the method and URL before the server's message: "429 POST http://...: <message>".
     assert str(excinfo.value).startswith("429 POST ") and str(excinfo.value).endswith(f": {quota}")
     assert [r["status"] for r in vertex_admin.requests("create")] == [429]
-    assert [j for j in vertex_admin.jobs() if j["labels"].get("run") == spec["labels"]["run"]] == []  # not created
+    assert [j for j in vertex_admin.jobs() if j.get("labels", {}).get("run") == spec["labels"]["run"]] == []  # not created
     # A rule's own message wins; a CPU-only job draws on the CPU quota.
     vertex_admin.set_faults([{"method": "create", "status": 429, "message": "Quota exceeded for quota metric "
                                                                             "'Job submission requests'"}])

@@ -208,7 +208,7 @@ def test_run_keys_one_label_value_would_merge_are_two_jobs_and_two_folders(verte
         assert outcome.state == "JOB_STATE_SUCCEEDED" and outcome.attempts == 1
     assert len(set(outputs.values())) == 2
     assert len(vertex_admin.requests("create")) == 2, "the second run did not reattach to the first run's job"
-    jobs = [j for j in vertex_admin.jobs() if j["labels"].get(LABEL_RUN) in {run_label(k) for k in keys}]
+    jobs = [j for j in vertex_admin.jobs() if j.get("labels", {}).get(LABEL_RUN) in {run_label(k) for k in keys}]
     assert len(jobs) == 2 and len({j["labels"][LABEL_RUN] for j in jobs}) == 2
     assert {j["jobSpec"]["baseOutputDirectory"]["outputUriPrefix"] for j in jobs} == set(outputs.values())
     assert all(_metrics(uri) is not None for uri in outputs.values()), "each run wrote its own model"
