@@ -105,11 +105,7 @@ UNFINISHED_FINSENT_JOBS = " AND ".join(
 
 def unfinished_jobs(runner: vertex.JobRunner) -> list:
     """Every unfinished job of the runner's project and region that carries a finsent run label, oldest first."""
-    pager = runner.client.list_custom_jobs(
-        request={"parent": runner.parent, "filter": UNFINISHED_FINSENT_JOBS, "page_size": 100},
-        retry=runner.retry, timeout=vertex.REQUEST_TIMEOUT_SECONDS,
-    )  # fmt: skip
-    return sorted(pager, key=lambda job: job.create_time)
+    return runner.list(UNFINISHED_FINSENT_JOBS)
 
 
 def _flow_run_seen(client, label: str | None) -> FlowRunSeen | None:

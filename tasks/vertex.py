@@ -406,14 +406,18 @@ class JobRunner:
         self.retry = retry
         self.grace_seconds = grace_seconds
 
-    def find(self, labels: Mapping[str, str]) -> list[aiplatform_v1.CustomJob]:
-        """Jobs carrying all `labels`, newest first. The only de-duplication handle: create has no request id."""
-        filter_ = " AND ".join(f'labels.{key}="{value}"' for key, value in sorted(labels.items()))
+    def list(self, filter_: str) -> list[aiplatform_v1.CustomJob]:
+        """Every job of the project and region matching a Vertex list filter (all pages), oldest first."""
         pager = self.client.list_custom_jobs(
             request={"parent": self.parent, "filter": filter_, "page_size": 100},
             retry=self.retry, timeout=REQUEST_TIMEOUT_SECONDS,
         )  # fmt: skip
-        return sorted(pager, key=lambda job: job.create_time, reverse=True)
+        return sorted(pager, key=lambda job: job.create_time)
+
+    def find(self, labels: Mapping[str, str]) -> list[aiplatform_v1.CustomJob]:
+        """Jobs carrying all `labels`, newest first. The only de-duplication handle: create has no request id."""
+        filter_ = " AND ".join(f'labels.{key}="{value}"' for key, value in sorted(labels.items()))
+        return self.list(filter_)[::-1]
 
     def submit(self, job: dict) -> aiplatform_v1.CustomJob:
         """Create `job` exactly once: reattach to a job with the same identity labels (not the creating flow run:
