@@ -66,3 +66,14 @@ class JobCancelError(FinsentError):
         super().__init__(message)
         self.cancelled = cancelled
         self.not_cancelled = not_cancelled
+
+
+class BudgetExceededError(FinsentError):
+    """A running job's cost (its RUNNING time over all attempts at tasks/pricing.py's list price) passed
+    max_cost_usd: the flow cancelled it, and it is never resubmitted."""
+
+    def __init__(self, message: str, *, job_name: str, cost_usd: float, budget_usd: float):
+        super().__init__(message)
+        self.job_name = job_name
+        self.cost_usd = cost_usd
+        self.budget_usd = budget_usd
