@@ -76,6 +76,10 @@ def test_resume_after_kill_trains_no_epoch_twice(splits, tmp_path):
     assert killed.returncode == 75, killed.stdout[-3000:] + killed.stderr
     assert not (out / "metrics.json").exists()  # a killed run never looks complete
     assert json.loads((ck / "state.json").read_text())["epoch"] == 1
+    # A kill between the epoch log's upload and state.json's (the commit point) leaves a line for epoch 2 that
+    # the checkpoint does not hold: the resumed run drops it and trains epoch 2 again.
+    with open(ck / "epochs.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 2, "run_id": "killed-between-uploads"}) + "\n")
 
     resumed = run_trainer(*args)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr
@@ -88,6 +92,7 @@ def test_resume_after_kill_trains_no_epoch_twice(splits, tmp_path):
     log = [json.loads(line) for line in (ck / "epochs.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2, 3]  # every epoch exactly once
     assert log[0]["run_id"] != log[1]["run_id"] == log[2]["run_id"]  # epoch 1 by the killed process only
+    assert "killed-between-uploads" not in {e["run_id"] for e in log}
     history = json.loads((out / "history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
     # only the last (and best) epoch's files are kept

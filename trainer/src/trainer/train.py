@@ -62,8 +62,21 @@ class CheckpointStore:
         for rel in (state["weights"], state["best_weights"]):
             if not self._pull(rel):
                 raise ConfigError(f"checkpoint {self.uri} is incomplete: {rel} is missing")
-        self._pull(EPOCH_LOG)
+        if self._pull(EPOCH_LOG):
+            self._drop_uncommitted_epochs(state["epoch"])
         return state
+
+    def _drop_uncommitted_epochs(self, committed: int) -> None:
+        """The epoch log is uploaded just before state.json: a kill between the two leaves a line for an epoch the
+        checkpoint does not hold, which the resumed run trains again. Keep only the committed epochs."""
+        path = os.path.join(self.local, EPOCH_LOG)
+        with open(path) as f:
+            lines = [line for line in f if line.strip()]
+        kept = [line for line in lines if json.loads(line)["epoch"] <= committed]
+        if len(kept) != len(lines):
+            log.info("epoch log: dropped %d line(s) past the checkpoint's epoch %d", len(lines) - len(kept), committed)
+            with open(path, "w") as f:
+                f.writelines(kept)
 
     def epoch_log(self) -> List[dict]:
         path = os.path.join(self.local, EPOCH_LOG)
