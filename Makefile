@@ -7,7 +7,7 @@ SHARED_ZIP := ../shared/data/financial_phrasebank/FinancialPhraseBank-v1.0.zip
 FINSENT_DATA_URI ?= $(if $(wildcard $(SHARED_ZIP)),$(abspath $(SHARED_ZIP)),)
 export FINSENT_DATA_URI
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-fast bench lock image clean
 
 venv: $(VENV)/.installed
 
@@ -36,6 +36,20 @@ test-fast: venv
 bench: venv
 	KERAS_BACKEND=jax $(BIN)/python bench/orchestration.py
 	KERAS_BACKEND=jax $(BIN)/python bench/throughput.py --small
+
+# finsent's training image (trainer/container/): `make lock` re-resolves its exact pins after a change of
+# trainer/requirements.txt or constraints.txt; `make image` builds it with Cloud Build and pushes it to
+# REGION-docker.pkg.dev/PROJECT/finsent/finsent-trainer:TAG, the URI the flow uses by default (tasks/image.py).
+lock: venv
+	$(BIN)/pip install -q uv==0.13.9
+	UV=$(abspath $(BIN))/uv trainer/container/lock.sh
+
+image: venv
+	@test -n "$(PROJECT)" || { echo "usage: make image PROJECT=my-project [REGION=us-central1]"; exit 2; }
+	gcloud artifacts repositories describe finsent --project=$(PROJECT) --location=$(or $(REGION),us-central1) >/dev/null 2>&1 || \
+	  gcloud artifacts repositories create finsent --project=$(PROJECT) --location=$(or $(REGION),us-central1) --repository-format=docker
+	gcloud builds submit trainer/container --project=$(PROJECT) \
+	  --tag=$$($(BIN)/python -m tasks.image $(PROJECT) $(or $(REGION),us-central1))
 
 clean:
 	rm -rf $(VENV) .finsent

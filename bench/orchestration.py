@@ -162,6 +162,7 @@ def _poll_sixty_second_job(gcs_endpoint: str, vertex_endpoint: str, bucket: str,
     from google.cloud import storage
 
     from tasks.config import parse_config
+    from tasks.image import PACKAGE_URIS_ENV, PYTHON_MODULE_ENV
     from tasks.vertex import JobRunner, JobState
 
     uri = f"gs://{bucket}/bench/emujob-0.1.0.tar.gz"
@@ -178,11 +179,11 @@ def _poll_sixty_second_job(gcs_endpoint: str, vertex_endpoint: str, bucket: str,
             "worker_pool_specs": [{
                 "machine_spec": {"machine_type": "n1-standard-4"},
                 "replica_count": 1,
-                "python_package_spec": {
-                    "executor_image_uri": "us-docker.pkg.dev/vertex-ai/training/tf-cpu.2-17.py310:latest",
-                    "package_uris": [uri],
-                    "python_module": "emujob.sleep",
+                # finsent's image: the emulator runs its entrypoint, which installs `uri` and runs the module
+                "container_spec": {
+                    "image_uri": runner.cfg.image_uri,
                     "args": [str(SLEEP_SECONDS)],
+                    "env": [{"name": PACKAGE_URIS_ENV, "value": uri}, {"name": PYTHON_MODULE_ENV, "value": "emujob.sleep"}],
                 },
             }],
             "base_output_directory": {"output_uri_prefix": f"gs://{bucket}/bench/runs/{run}"},

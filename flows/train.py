@@ -14,7 +14,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from tasks import gcs
-from tasks.config import PipelineConfig, parse_config, tf_version_of_image
+from tasks.config import PipelineConfig, parse_config
 from tasks.dataset import fetch_dataset
 from tasks.inputs import find_trained, inputs_key, mark_trained, upload_inputs
 from tasks.layout import BucketLayout
@@ -47,7 +47,7 @@ def train(config: PipelineConfig, force: bool = False, run_key: str | None = Non
 
     work_dir = Path(tempfile.mkdtemp(prefix="finsent-"))
     prepared = fetch_dataset(cfg.data, work_dir, storage)
-    package = package_trainer(TRAINER_DIR, work_dir, tf_version=tf_version_of_image(cfg.executor_image_uri))
+    package = package_trainer(TRAINER_DIR, work_dir)
     key = inputs_key(cfg, prepared.fingerprint, package.sha256)
     previous = None if force else find_trained(storage, layout, key)
     if previous:

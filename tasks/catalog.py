@@ -9,6 +9,7 @@ integers against google.cloud.aiplatform_v1's.
 from __future__ import annotations
 
 import re
+from datetime import date
 
 CHECKED = "2026-12-01"
 
@@ -83,6 +84,37 @@ SCHEDULING_STRATEGIES: dict[str, int] = {
     "SPOT": 4,
     "FLEX_START": 6,
 }
+
+
+# https://cloud.google.com/vertex-ai/docs/training/pre-built-containers ("Prebuilt containers for custom training",
+# also .../supported-frameworks), read 2026-12-01: the end-of-availability (EoA) date of each prebuilt training image
+# still listed (older rows, all past EoA before 2025-10, are left out). What EoA means
+# (https://cloud.google.com/vertex-ai/docs/framework-support-policy): "After this date, you can no longer use images
+# for this framework version. Services might block the creation of new resources using these images". Every image
+# is {us,europe,asia}-docker.pkg.dev/vertex-ai/training/<name>:latest ("Using image names without the `latest` tag
+# isn't supported"). No TensorFlow, PyTorch, scikit-learn or XGBoost image is available after 2026-10-23, which is
+# why finsent builds its own image (trainer/container/, tasks/image.py).
+PREBUILT_TRAINING_IMAGES: dict[str, date] = {
+    "tf-cpu.2-17.py310": date(2026, 7, 11), "tf-gpu.2-17.py310": date(2026, 7, 11),
+    "tf-cpu.2-16.py310": date(2026, 6, 28), "tf-gpu.2-16.py310": date(2026, 6, 28),
+    "tf-cpu.2-15.py310": date(2025, 11, 14), "tf-gpu.2-15.py310": date(2025, 11, 14),
+    "tf-cpu.2-14.py310": date(2025, 9, 26), "tf-gpu.2-14.py310": date(2025, 9, 26),
+    "pytorch-xla.2-4.py310": date(2026, 7, 24), "pytorch-gpu.2-4.py310": date(2026, 7, 24),
+    "pytorch-xla.2-3.py310": date(2026, 4, 24), "pytorch-gpu.2-3.py310": date(2026, 4, 24),
+    "pytorch-xla.2-2.py310": date(2026, 10, 23), "pytorch-gpu.2-2.py310": date(2026, 1, 30),
+    "sklearn-cpu.1-6": date(2026, 7, 11), "sklearn-gpu.1-6": date(2026, 7, 11),
+    "xgboost-cpu.2-1": date(2026, 7, 11), "xgboost-gpu.2-1": date(2026, 7, 11),
+}
+PREBUILT_IMAGE_RE = re.compile(r"^(?:us|europe|asia)-docker\.pkg\.dev/vertex-ai/training/(?P<name>[^:/]+):latest$")
+
+
+def prebuilt_image_end(image_uri: str) -> tuple[str, date | None] | None:
+    """('tf-gpu.2-17.py310', its EoA date) for a prebuilt training image URI, (name, None) for a name in Vertex's
+    form that is not in the table, None for a URI that is not a prebuilt training image at all."""
+    match = PREBUILT_IMAGE_RE.match(image_uri)
+    if not match:
+        return None
+    return match["name"], PREBUILT_TRAINING_IMAGES.get(match["name"])
 
 
 def machine_family(machine_type: str) -> str:

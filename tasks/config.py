@@ -15,13 +15,16 @@ upload, and fill in exactly the trainer's per-model defaults. The bounds and rul
 from __future__ import annotations
 
 import re
+from datetime import date
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from trainer import params as trainer_params
 from trainer.errors import ConfigError as TrainerConfigError
 
-from tasks.catalog import FLEX_START_GPUS, TRAINING_REGIONS, gpus_for_machine, machine_family
+from tasks.catalog import FLEX_START_GPUS, TRAINING_REGIONS, gpus_for_machine, machine_family, prebuilt_image_end
+from tasks.image import default_image_uri
+from tasks.pricing import UnknownPrice, describe, hourly_usd, worst_case_usd
 
 ModelName = Literal[trainer_params.MODELS]  # type: ignore[valid-type]
 LABELS = ("negative", "neutral", "positive")
@@ -29,7 +32,6 @@ LABELS = ("negative", "neutral", "positive")
 DEFAULT_DATA_URI = (
     "https://huggingface.co/datasets/takala/financial_phrasebank/resolve/main/data/FinancialPhraseBank-v1.0.zip"
 )
-DEFAULT_EXECUTOR_IMAGE = "us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest"
 # https://cloud.google.com/vertex-ai/docs/training/schedule-jobs-dws: a Dynamic Workload Scheduler (FLEX_START) job
 # "has a maximum timeout of 7 days or less".
 FLEX_START_MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
@@ -43,12 +45,6 @@ def _one_gpu_only(count: int, machine_type: str) -> str:
            "a2-highgpu-1g (1 x NVIDIA_TESLA_A100)")
     return (f"accelerator_count {count}: finsent trains on one GPU until multi-GPU support lands "
             f"(the other GPUs would be paid for and idle); {fix}")
-
-
-def tf_version_of_image(executor_image_uri: str) -> str | None:
-    """'.../tf-gpu.2-17.py310:latest' -> '2.17'; None for an image that is not a prebuilt TensorFlow one."""
-    match = re.search(r"/tf-(?:gpu|cpu)\.(\d+)-(\d+)\.py\d+", executor_image_uri)
-    return f"{match.group(1)}.{match.group(2)}" if match else None
 
 
 class _Strict(BaseModel):
@@ -173,7 +169,16 @@ class PipelineConfig(_Strict):
     accelerator_count: int = Field(1, ge=0)
     replica_count: int = Field(1, ge=1)
     boot_disk_size_gb: int = Field(100, ge=10)
-    executor_image_uri: str = DEFAULT_EXECUTOR_IMAGE
+    container_image_uri: str | None = Field(
+        None,
+        description="The jobs' image. Default: finsent's own image for this checkout, "
+        "REGION-docker.pkg.dev/PROJECT/finsent/finsent-trainer:TAG (`make image` builds and pushes it).",
+    )
+    executor_image_uri: str | None = Field(
+        None,
+        description="Not supported: Vertex's prebuilt training images (pythonPackageSpec) are past their end of "
+        "availability; kept so an old config gets a clear refusal. Use container_image_uri.",
+    )
     scheduling_strategy: Literal["STANDARD", "SPOT", "FLEX_START"] = "STANDARD"
     # custom_job.proto, Scheduling.restart_job_on_worker_restart: "Restarts the entire CustomJob if a worker gets
     # restarted" (so with one replica: the whole job, which resumes from its checkpoints).
@@ -190,6 +195,13 @@ class PipelineConfig(_Strict):
         "as scheduling.max_wait_duration for FLEX_START (Vertex's default there is 24 h).",
     )
     max_infra_retries: int = Field(2, ge=0, description="Resubmits after preemption/stockout failures.")
+    max_cost_usd: float | None = Field(
+        None,
+        gt=0,
+        description="The most one model's job may cost over all its attempts (USD, machine + GPUs at the list prices "
+        "in tasks/pricing.py). Refused before any upload when timeout_seconds x (1 + max_infra_retries) could cost "
+        "more; a running job is cancelled once its running time has. None: no budget guard.",
+    )
     service_account: str | None = None
 
     gcp_credentials_block: str | None = Field(None, description="prefect-gcp GcpCredentials block name.")
@@ -220,6 +232,21 @@ class PipelineConfig(_Strict):
         if not models:
             raise ValueError("choose at least one of 'bert', 'lstm'")
         return tuple(dict.fromkeys(models))
+
+    @field_validator("executor_image_uri")
+    @classmethod
+    def _no_prebuilt_executor(cls, uri: str | None) -> None:
+        if uri is None:
+            return None
+        use = ("finsent runs in its own image now: remove executor_image_uri (container_image_uri then defaults to "
+               "finsent's image, built with `make image`)")
+        known = prebuilt_image_end(uri)
+        if known and known[1] is not None and known[1] <= date.today():
+            raise ValueError(f"{known[0]} reached the end of its availability on Vertex on {known[1].isoformat()} "
+                             f"(https://cloud.google.com/vertex-ai/docs/training/pre-built-containers); {use}")
+        if known:
+            raise ValueError(f"{known[0]}: finsent has no tested pin set for this prebuilt image; {use}")
+        raise ValueError(f"{uri} is not a Vertex prebuilt training image (pythonPackageSpec takes only those); {use}")
 
     @field_validator("replica_count")
     @classmethod
@@ -271,10 +298,38 @@ class PipelineConfig(_Strict):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _within_budget(self) -> PipelineConfig:
+        """The worst case, every attempt running until Vertex stops it at scheduling.timeout, fits max_cost_usd."""
+        budget = self.max_cost_usd
+        if budget is None:
+            return self
+        what = describe(self.machine_type, self.accelerator_type, self.accelerator_count, self.region)
+        try:
+            hourly = hourly_usd(self.machine_type, self.accelerator_type, self.accelerator_count, self.region,
+                                self.scheduling_strategy)
+        except UnknownPrice as exc:
+            raise ValueError(f"max_cost_usd {budget:g}: cannot estimate {what} ({self.scheduling_strategy}): {exc}"
+                             ) from None  # fmt: skip
+        attempts = 1 + self.max_infra_retries
+        worst = worst_case_usd(hourly, self.timeout_seconds, attempts)
+        if worst > budget:
+            raise ValueError(
+                f"max_cost_usd {budget:g}: one job may cost up to ${worst:.2f} ({what} at ${hourly:.4f}/h x "
+                f"{self.timeout_seconds / 3600:g} h x {attempts} attempts); raise max_cost_usd, or lower "
+                "timeout_seconds or max_infra_retries"
+            )
+        return self
+
     # --- derived names (pure) ---------------------------------------------------------------------------------
     @property
     def base_uri(self) -> str:
         return f"gs://{self.bucket}/{self.prefix.strip('/')}"
+
+    @property
+    def image_uri(self) -> str:
+        """The image every job runs in: container_image_uri, or finsent's own image for this checkout."""
+        return self.container_image_uri or default_image_uri(self.project, self.region)
 
 
 def parse_config(raw: dict | PipelineConfig) -> PipelineConfig:

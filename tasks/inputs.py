@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import gcs
 from tasks.config import PipelineConfig
 from tasks.dataset import PreparedDataset, upload_dataset
+from tasks.image import IMAGE_NAME, image_tag
 from tasks.packaging import TrainerPackage, upload_package
 from tasks.transient import retry_if_transient
 
@@ -32,7 +33,9 @@ def inputs_key(cfg: PipelineConfig, data_fingerprint: str, trainer_sha256: str) 
     training = {
         "models": list(cfg.models),
         "params": {m: cfg.params[m].model_dump() for m in cfg.models},
-        "machine": [cfg.machine_type, cfg.accelerator_type, cfg.accelerator_count, cfg.executor_image_uri],
+        # finsent's own image by its tag (the same image in any project or region), another image by its URI
+        "machine": [cfg.machine_type, cfg.accelerator_type, cfg.accelerator_count,
+                    cfg.container_image_uri or f"{IMAGE_NAME}:{image_tag()}"],
     }
     blob = json.dumps([data_fingerprint, trainer_sha256, training], sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:32]

@@ -1,8 +1,6 @@
 """Reproducible sdist of `trainer/`: the same source gives the same bytes, so the same sha256 and GCS path.
 
-Steps: copy the sources without caches, build outputs or secret files into a temporary folder; pin
-`tensorflow-text` to the executor image's TensorFlow minor in the copy's requirements.txt (keras-hub asks for it
-unpinned, which would upgrade the image's TensorFlow) and cap protobuf as that TensorFlow does; build the sdist
+Steps: copy the sources without caches, build outputs or secret files into a temporary folder; build the sdist
 with the `build` API and SOURCE_DATE_EPOCH fixed; rewrite the tar.gz with sorted members, fixed times/owners/modes
 and gzip mtime 0; refuse it if the value of any secret-looking environment variable appears inside.
 """
@@ -74,24 +72,6 @@ def _ignore(directory: str, names: Sequence[str]) -> set[str]:
     return {name for name in names if any(fnmatch.fnmatch(name, pattern) for pattern in EXCLUDE)}
 
 
-def _pin_tensorflow_text(requirements: Path, tf_version: str) -> None:
-    if not re.fullmatch(r"\d+\.\d+", tf_version):
-        raise ConfigError(f"tf_version {tf_version!r} is not MAJOR.MINOR (e.g. '2.17')")
-    lines = requirements.read_text(encoding="utf-8").splitlines() if requirements.exists() else []
-    # Drop an existing tensorflow-text requirement: two conflicting pins would make pip fail on Vertex.
-    lines = [line for line in lines if not re.match(r"\s*tensorflow[-_]text\b", line, re.IGNORECASE)]
-    lines.append(f"tensorflow-text=={tf_version}.*")
-    # TensorFlow's own protobuf ceiling, repeated so pip meets it first: the newest wandb and google-cloud-*
-    # releases need protobuf>=6, and with TF 2.17 installed pip 23 backtracks through google-api-core for over
-    # 20 minutes before settling on the versions this cap picks at once (tests/trainer/test_vertex_image.py).
-    version = tuple(int(part) for part in tf_version.split("."))
-    if version <= (2, 17):
-        lines.append("protobuf<5")
-    elif version <= (2, 19):
-        lines.append("protobuf<6")
-    requirements.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 def _runner(cmd: Sequence[str], cwd: str | None = None, extra_environ: Mapping[str, str] | None = None) -> None:
     """Run a build-backend hook without the caller's secrets in its environment, output captured."""
     secrets = secret_env_values()
@@ -143,14 +123,12 @@ def _leaked_secrets(sdist: bytes) -> list[tuple[str, str]]:
     return leaks
 
 
-def build_trainer_sdist(trainer_dir: Path, out_dir: Path, *, tf_version: str | None) -> TrainerPackage:
+def build_trainer_sdist(trainer_dir: Path, out_dir: Path) -> TrainerPackage:
     """Build a byte-reproducible sdist of `trainer_dir` into `out_dir`.
 
     Args:
         trainer_dir: Path. The trainer project (pyproject.toml, requirements.txt, src/).
         out_dir: Path. Where the .tar.gz goes (created if missing).
-        tf_version: str or None. TensorFlow MAJOR.MINOR of the executor image; pins `tensorflow-text=={v}.*`
-            and caps protobuf as that TensorFlow does (< 5 up to 2.17, < 6 for 2.18-2.19).
 
     Returns:
         TrainerPackage. Path, sha256 and file name of the sdist.
@@ -168,8 +146,6 @@ def build_trainer_sdist(trainer_dir: Path, out_dir: Path, *, tf_version: str | N
     with tempfile.TemporaryDirectory(prefix="finsent-sdist-") as tmp:
         source = Path(tmp) / "src"
         shutil.copytree(trainer_dir, source, ignore=_ignore)
-        if tf_version:
-            _pin_tensorflow_text(source / "requirements.txt", tf_version)
         builder = build.ProjectBuilder(source, python_executable=sys.executable, runner=_runner)
         try:
             built = Path(builder.build("sdist", Path(tmp) / "dist"))
@@ -200,8 +176,8 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 
 @task(name="package-trainer", cache_policy=NO_CACHE)
-def package_trainer(trainer_dir: Path, out_dir: Path, tf_version: str | None = None) -> TrainerPackage:
+def package_trainer(trainer_dir: Path, out_dir: Path) -> TrainerPackage:
     """Build the trainer sdist reproducibly (no retries: a failed build fails the same way again)."""
-    package = build_trainer_sdist(Path(trainer_dir), Path(out_dir), tf_version=tf_version)
+    package = build_trainer_sdist(Path(trainer_dir), Path(out_dir))
     get_run_logger().info("Trainer sdist %s sha256 %s", package.filename, package.sha256)
     return package

@@ -19,17 +19,21 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from enum import Enum
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry, if_exception_type
 from google.cloud import aiplatform_v1
 
+from tasks import pricing
 from tasks.config import PipelineConfig, TrainerParams
 from tasks.credentials import gcp_credentials
 from tasks.errors import (
-    JobCancelError, JobFailedError, JobSubmitError, JobTimeoutError, JobWatchError, RetryableJobError,
+    BudgetExceededError, ConfigError, JobCancelError, JobFailedError, JobSubmitError, JobTimeoutError, JobWatchError,
+    RetryableJobError,
 )
+from tasks.image import PACKAGE_URIS_ENV
 from tasks.run_identity import identity, job_labels, run_label
 from tasks.transient import TRANSIENT_CALL_ERRORS, WATCH_TRANSIENT_ERRORS
 
@@ -118,8 +122,8 @@ def build_custom_job(cfg: PipelineConfig, request: JobRequest, *, attempt: int =
     machine_spec: dict = {"machine_type": cfg.machine_type}
     if cfg.accelerator_type:
         machine_spec |= {"accelerator_type": cfg.accelerator_type, "accelerator_count": cfg.accelerator_count}
-    # No KERAS_BACKEND: the trainer takes TensorFlow where the image has it (Vertex), else JAX.
-    job_env = {"WANDB_PROJECT": cfg.wandb.project} | dict(request.env)
+    # No KERAS_BACKEND: the image sets it (JAX); PACKAGE_URIS_ENV tells its entrypoint what to install.
+    job_env = {PACKAGE_URIS_ENV: request.package_uri, "WANDB_PROJECT": cfg.wandb.project} | dict(request.env)
     if cfg.wandb.secret_manager_ref:
         job_env["WANDB_API_KEY_SECRET"] = cfg.wandb.secret_manager_ref
     display_name = f"finsent-{model}-{run_label(request.run_key)}-a{attempt}"  # <= 80 of Vertex's 128 characters
@@ -132,10 +136,10 @@ def build_custom_job(cfg: PipelineConfig, request: JobRequest, *, attempt: int =
                     "machine_spec": machine_spec,
                     "replica_count": cfg.replica_count,
                     "disk_spec": {"boot_disk_type": "pd-ssd", "boot_disk_size_gb": cfg.boot_disk_size_gb},
-                    "python_package_spec": {
-                        "executor_image_uri": cfg.executor_image_uri,
-                        "package_uris": [request.package_uri],
-                        "python_module": "trainer.task",
+                    # finsent's image (tasks/image.py): its entrypoint installs the sdist, then runs
+                    # `python -m trainer.task ARGS`, as a prebuilt executor does for a python_package_spec.
+                    "container_spec": {
+                        "image_uri": cfg.image_uri,
                         "args": trainer_args(model, cfg.params[model], request.data_uri, cfg.wandb.project,
                                              display_name),
                         "env": [{"name": k, "value": v} for k, v in sorted(job_env.items())],
@@ -350,6 +354,19 @@ class RecoveryPolicy:
         return GiveUp(error)
 
 
+def running_seconds(job: aiplatform_v1.CustomJob, now: datetime) -> float:
+    """Pure: how long `job` has been RUNNING by Vertex's own timestamps (custom_job.proto): from start_time, "Time
+    when the CustomJob for the first time entered the JOB_STATE_RUNNING state", to end_time, "Time when the CustomJob
+    entered any of the following states: JOB_STATE_SUCCEEDED, JOB_STATE_FAILED, JOB_STATE_CANCELLED", or to `now`
+    while it has none. 0 before it started: queued time is not counted ("You don't pay for the time that the job is
+    in a queue", Vertex's Spot VMs page). A restart inside the job (Vertex's own, or
+    restart_job_on_worker_restart) keeps the first start_time, so the whole span counts: an upper bound."""
+    if "start_time" not in job:
+        return 0.0
+    end = job.end_time if "end_time" in job else now
+    return max(0.0, (end - job.start_time).total_seconds())
+
+
 def console_url(cfg: PipelineConfig, job_name: str) -> str:
     """The page a person opens to watch the job (the emulator's log route when running locally)."""
     job_id = job_name.rsplit("/", 1)[-1]
@@ -397,6 +414,7 @@ class JobRunner:
         retry: Retry = TRANSIENT_RETRY,
         policy: RecoveryPolicy | None = None,
         grace_seconds: float = WATCH_GRACE_SECONDS,
+        max_cost_usd: float | None = None,
     ):
         self.cfg = cfg
         self.client = job_client(cfg)
@@ -405,6 +423,9 @@ class JobRunner:
         self.log = log
         self.retry = retry
         self.grace_seconds = grace_seconds
+        # The running guard's budget per model, all attempts: the config's max_cost_usd unless given (a test gives
+        # one lower than the config's pre-flight would accept, to see the guard itself act).
+        self.max_cost_usd = cfg.max_cost_usd if max_cost_usd is None else max_cost_usd
 
     def list(self, filter_: str) -> list[aiplatform_v1.CustomJob]:
         """Every job of the project and region matching a Vertex list filter (all pages), oldest first."""
@@ -475,13 +496,23 @@ class JobRunner:
         max_wait_seconds: float | None = None,
         on_update: Callable[[aiplatform_v1.CustomJob, float], None] = lambda job, elapsed: None,
         heartbeat_seconds: float = 300.0,
+        max_cost_usd: float | None = None,
+        prior_running_seconds: float = 0.0,
     ) -> aiplatform_v1.CustomJob:
         """Poll until the job ends. A transient error (a failed token refresh included) only lengthens the wait, never
         ends it. The deadline follows the job's phases (`WatchDeadline`; by default the config's max_wait_seconds and
         timeout_seconds). If the watch stops for any other reason than the job's end (deadline, an error) it cancels
         the job and says so: no job is left running unwatched. (A KeyboardInterrupt or Prefect's TerminationSignal
         passes through untouched: tasks/training.py cancels only when the flow run was cancelled.) `on_update`
-        hears every state change, and the current state again every `heartbeat_seconds`."""
+        hears every state change, and the current state again every `heartbeat_seconds`.
+
+        Budget (`max_cost_usd`, by default the runner's): once the job's running cost, hourly list price x its
+        RUNNING seconds by Vertex's timestamps plus `prior_running_seconds` of the model's earlier attempts, passes
+        it, the job is cancelled and `BudgetExceededError` raised. The config's pre-flight already refuses a budget
+        the worst case could pass; this is the second line of defence (for restarts Vertex makes inside one
+        job)."""
+        budget = self.max_cost_usd if max_cost_usd is None else max_cost_usd
+        hourly = self._hourly_usd(budget) if budget is not None else 0.0
         deadline = WatchDeadline(
             max_wait_seconds=self.cfg.max_wait_seconds if max_wait_seconds is None else max_wait_seconds,
             timeout_seconds=self.cfg.timeout_seconds if timeout_seconds is None else timeout_seconds,
@@ -507,6 +538,16 @@ class JobRunner:
                         on_update(job, now - started)
                     if job.state in TERMINAL_STATES:
                         return job
+                    if budget is not None:
+                        ran = prior_running_seconds + running_seconds(job, datetime.now(timezone.utc))
+                        cost = pricing.job_cost_usd(hourly, ran)
+                        if cost > budget:
+                            note = self._cancel_after_watch(name, done="cancelled the job")
+                            raise BudgetExceededError(
+                                f"Vertex job {name} passed its budget: ${cost:.4f} spent ({ran:.0f}s RUNNING over "
+                                f"this model's attempts at ${hourly:.4f}/h) > max_cost_usd {budget:g}; {note}; not "
+                                "resubmitted", job_name=name, cost_usd=cost, budget_usd=budget,
+                            )  # fmt: skip
                 why = deadline.overdue(spent[Phase.WAITING], spent[Phase.RUNNING])
                 if why:
                     state = JobState(last_state).name if last_state is not None else "unknown"
@@ -514,21 +555,21 @@ class JobRunner:
                     raise JobTimeoutError(f"stopped watching {name} (last state {state}): {why}; {note}")
                 delay = next_poll_delay(now - started, delay, self.cfg.poll)
                 time.sleep(delay)
-        except JobTimeoutError:
+        except (JobTimeoutError, BudgetExceededError):
             raise
         except Exception as exc:
             note = self._cancel_after_watch(name)
             raise JobWatchError(f"stopped watching {name} on {type(exc).__name__}: {first_line(str(exc))}; {note}"
                                 ) from exc  # fmt: skip
 
-    def _cancel_after_watch(self, name: str) -> str:
-        """Cancel a job the watch is leaving; the half line that says what happened."""
+    def _cancel_after_watch(self, name: str, done: str = "cancelled the job so it does not run unwatched") -> str:
+        """Cancel a job the watch is leaving; the half line that says what happened (`done` when it was)."""
         try:
             sent = self._cancel_job(name)
         except Exception as exc:  # noqa: BLE001 - reported in the watch's error, which is raised next
             return (f"could not cancel it ({type(exc).__name__}: {first_line(str(exc))}): cancel it at "
                     f"{console_url(self.cfg, name)}")  # fmt: skip
-        return "cancelled the job so it does not run unwatched" if sent else "the job had already ended"
+        return done if sent else "the job had already ended"
 
     def _cancel_job(self, name: str) -> bool:
         """Ask Vertex to cancel `name`: True when the cancel was accepted (or the job is being/was cancelled),
@@ -548,6 +589,15 @@ class JobRunner:
             if state in TERMINAL_STATES:
                 return False
             raise
+
+    def _hourly_usd(self, budget: float) -> float:
+        """The job's list price per hour (tasks/pricing.py); a ConfigError when it has none."""
+        cfg = self.cfg
+        try:
+            return pricing.hourly_usd(cfg.machine_type, cfg.accelerator_type, cfg.accelerator_count, cfg.region,
+                                      cfg.scheduling_strategy)
+        except pricing.UnknownPrice as exc:
+            raise ConfigError(f"max_cost_usd {budget:g}: cannot watch the cost: {exc}") from None
 
     def cancel(self, labels: Mapping[str, str]) -> list[str]:
         """Cancel every unfinished job carrying `labels`; returns the names of those cancelled. Safe to call twice.
@@ -578,6 +628,9 @@ class JobRunner:
     def run(self, request: JobRequest) -> JobOutcome:
         """Submit (or reattach to) the model's job, watch it to the end, and resubmit as the policy decides."""
         model, started, attempt = request.model, time.monotonic(), 1
+        if self.max_cost_usd is not None:
+            self._hourly_usd(self.max_cost_usd)  # an unpriced job is refused before it is created
+        ran_before = 0.0  # RUNNING seconds of this model's earlier attempts: the budget covers them all
         while True:
             job = self.submit(build_custom_job(self.cfg, request, attempt=attempt))
             self.log(f"[{model}] Vertex job {job.name}: {console_url(self.cfg, job.name)}")
@@ -587,7 +640,8 @@ class JobRunner:
                 seen.add(update.state)
                 self.log(f"[{model}] {JobState(update.state).name} after {elapsed:.0f}s")
 
-            done = self.watch(job.name, on_update=report)
+            done = self.watch(job.name, on_update=report, prior_running_seconds=ran_before)
+            ran_before += running_seconds(done, datetime.now(timezone.utc))
             if done.state == JobState.JOB_STATE_SUCCEEDED:
                 return JobOutcome(
                     model=model,

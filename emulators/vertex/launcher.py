@@ -101,7 +101,7 @@ class VertexEmulator(LoopbackServer):
         max_running: jobs running at once (a GPU quota); the rest wait in QUEUED. None: no limit.
         runner: "subprocess" (real processes) or "instant".
         env: extra environment for the server (and so for its jobs' allow-listed variables).
-        python: interpreter to run the server with (the jobs' venvs are made from it).
+        python: interpreter to run the server with (its jobs run on it too: it stands in for the images).
         startup_timeout: seconds to wait for readiness.
     """
 

@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m emulators.vertex", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="TCP port (0: a free one; see --port-file)")
-    parser.add_argument("--state-dir", default=None, help="keep jobs, logs and cached venvs here across restarts")
+    parser.add_argument("--state-dir", default=None, help="keep jobs and logs here across restarts")
     parser.add_argument("--port-file", default=None, help="write the bound port here once listening")
     parser.add_argument("--gcs-endpoint", default=None,
                         help="fake-gcs-server URL (sets STORAGE_EMULATOR_HOST for package downloads and jobs)")
@@ -35,7 +35,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-running", type=int, default=None,
                         help="jobs past QUEUED at once, like a GPU quota: the rest wait in QUEUED (default: no limit)")
     parser.add_argument("--kill-grace", type=float, default=2.0, help="seconds between SIGTERM and SIGKILL")
-    parser.add_argument("--no-venv-cache", action="store_true", help="install packages into a fresh venv per job")
     parser.add_argument("--log-level", default="warning")
     return parser.parse_args(argv)
 
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     sock.bind((args.host, args.port))
     port = sock.getsockname()[1]
     base_url = f"http://{args.host}:{port}"
-    runner = InstantRunner() if args.runner == "instant" else SubprocessRunner(data_dir, cache_venvs=not args.no_venv_cache)
+    runner = InstantRunner() if args.runner == "instant" else SubprocessRunner()
     faults = Faults()
     store, files = JobStore(args.state_dir), JobFiles(data_dir)
     driver = JobDriver(store, runner, faults, files, base_url, tick=args.tick, kill_grace=args.kill_grace,

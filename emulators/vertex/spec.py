@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import re
+from datetime import datetime, timezone
 
 from tasks.catalog import (
     ACCELERATOR_TYPES,
@@ -15,6 +16,7 @@ from tasks.catalog import (
     SCHEDULING_STRATEGIES,
     TRAINING_REGIONS,
     gpus_for_machine,
+    prebuilt_image_end,
 )
 
 from emulators.vertex.errors import InvalidArgument, bad_request_details
@@ -189,8 +191,13 @@ def _pool_errors(i: int, pool: dict, strategy: str | None) -> list[tuple[str, st
         errors.append((f"{p}", "Exactly one of python_package_spec or container_spec must be set."))
     if python_spec:
         q = f"{p}.python_package_spec"
-        if not python_spec.get("executorImageUri"):
+        image = python_spec.get("executorImageUri")
+        if not image:
             errors.append((f"{q}.executor_image_uri", "Required field is not set."))
+        else:
+            problem = executor_image_problem(image)
+            if problem:
+                errors.append((f"{q}.executor_image_uri", problem))
         uris = python_spec.get("packageUris") or []
         if not uris:
             errors.append((f"{q}.package_uris", "Required field is not set."))
@@ -202,3 +209,18 @@ def _pool_errors(i: int, pool: dict, strategy: str | None) -> list[tuple[str, st
     if container and not container.get("imageUri"):
         errors.append((f"{p}.container_spec.image_uri", "Required field is not set."))
     return errors
+
+
+def executor_image_problem(image_uri: str, today=None) -> str | None:
+    """Why Vertex would refuse `image_uri` as a pythonPackageSpec executor, or None. custom_job.proto,
+    PythonPackageSpec.executor_image_uri: "See the list of pre-built containers for training. You must use an
+    image from this list." Past its end of availability an image "can no longer" be used (framework-support-policy).
+    The wording of both messages is ours: no source quotes Vertex's."""
+    known = prebuilt_image_end(image_uri)
+    if known is None or known[1] is None:
+        return (f"Executor image {image_uri} is not a pre-built training container "
+                "(https://cloud.google.com/vertex-ai/docs/training/pre-built-containers).")
+    today = today or datetime.now(timezone.utc).date()
+    if known[1] <= today:
+        return f"Executor image {image_uri} reached its end of availability on {known[1].isoformat()}."
+    return None

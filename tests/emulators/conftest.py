@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from emujob_sdist import build_sdist
-from emulator_testkit import EXECUTOR, gcs_client, make_client
+from emulator_testkit import gcs_client, image_spec, make_client
 
 
 @pytest.fixture(scope="session")
@@ -45,13 +45,7 @@ def make_job(package_uri, job_bucket):
                 "worker_pool_specs": [{
                     "machine_spec": machine_spec or {"machine_type": "n1-standard-4"},
                     "replica_count": 1,
-                    "python_package_spec": {
-                        "executor_image_uri": EXECUTOR,
-                        "package_uris": [package_uri],
-                        "python_module": f"emujob.{module}",
-                        "args": args or [],
-                        "env": [{"name": "GREETING", "value": "hello"}],
-                    },
+                    "container_spec": image_spec(package_uri, f"emujob.{module}", args, {"GREETING": "hello"}),
                 }],
                 "base_output_directory": {"output_uri_prefix": f"gs://{job_bucket}/runs/{run}"},
                 "scheduling": {"restart_job_on_worker_restart": restart_on_worker_restart},

@@ -78,4 +78,17 @@ def build_sdist() -> bytes:
     with tempfile.TemporaryDirectory(prefix="emujob-") as tmp:
         modules = {name: textwrap.dedent(source).lstrip() for name, source in MODULES.items()}
         root = write_tiny_project(Path(tmp) / "emujob", "emujob", "0.1.0", "emujob", modules)
-        return build_trainer_sdist(root, Path(tmp) / "dist", tf_version=None).path.read_bytes()
+        return build_trainer_sdist(root, Path(tmp) / "dist").path.read_bytes()
+
+
+def run_module(job: dict, module: str, args: list[str] | None = None) -> dict:
+    """Make the flow's CustomJob (snake_case) run `module` of the sdists it installs instead of trainer.task: the
+    image's entrypoint reads FINSENT_PYTHON_MODULE (trainer/container/run_package.py). Returns the job."""
+    from tasks.image import PYTHON_MODULE_ENV
+
+    spec = job["job_spec"]["worker_pool_specs"][0]["container_spec"]
+    spec["env"] = [e for e in spec.get("env", []) if e["name"] != PYTHON_MODULE_ENV]
+    spec["env"].append({"name": PYTHON_MODULE_ENV, "value": module})
+    if args is not None:
+        spec["args"] = list(args)
+    return job

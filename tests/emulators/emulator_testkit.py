@@ -9,7 +9,14 @@ from trainer.storage import parse_gs_uri
 
 PROJECT, LOCATION = "finsent-test", "us-central1"
 PARENT = f"projects/{PROJECT}/locations/{LOCATION}"
-EXECUTOR = "us-docker.pkg.dev/vertex-ai/training/tf-cpu.2-17.py310:latest"
+#: finsent's image: the emulator runs its entrypoint (trainer/container/run_package.py) on the host's Python.
+IMAGE = f"{LOCATION}-docker.pkg.dev/{PROJECT}/finsent/finsent-trainer:test"
+
+
+def image_spec(package_uri: str, module: str, args: list[str] | None = None, env: dict[str, str] | None = None) -> dict:
+    """A containerSpec (snake_case) of finsent's image that installs `package_uri` and runs `module`."""
+    env = {"FINSENT_PACKAGE_URIS": package_uri, "FINSENT_PYTHON_MODULE": module} | (env or {})
+    return {"image_uri": IMAGE, "args": list(args or []), "env": [{"name": k, "value": v} for k, v in env.items()]}
 
 
 def make_client(endpoint: str):

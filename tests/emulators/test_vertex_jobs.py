@@ -11,7 +11,7 @@ import pytest
 from google.api_core import exceptions
 from google.auth.credentials import AnonymousCredentials
 
-from emulator_testkit import PARENT, PROJECT, make_client, pid_alive, read_gcs_text, wait_for_state
+from emulator_testkit import PARENT, PROJECT, image_spec, make_client, pid_alive, read_gcs_text, wait_for_state
 
 TERMINAL = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
 
@@ -51,7 +51,8 @@ def test_job_installs_sdist_runs_module_and_writes_to_model_dir(job_client, make
     assert env["TF_CONFIG"] is None  # one replica
     assert json.loads(env["CLUSTER_SPEC"])["task"] == {"type": "workerpool0", "index": 0}
     assert env["STORAGE_EMULATOR_HOST"] == os.environ["STORAGE_EMULATOR_HOST"]
-    assert "site-packages/emujob" in result["module"]  # the installed sdist, not a source checkout
+    # the sdist the image's entrypoint installed (pip --target), not a source checkout
+    assert re.search(r"/finsent-packages-[^/]+/site/emujob/write\.py$", result["module"]), result["module"]
     # The echoed spec: enum names/ints round-trip, int64 as strings parsed back.
     pool = job.job_spec.worker_pool_specs[0]
     assert pool.replica_count == 1 and pool.machine_spec.machine_type == "n1-standard-4"
@@ -146,6 +147,18 @@ def test_delete_returns_done_operation_and_refuses_running_jobs(job_client, make
         job_client.get_custom_job(name=running.name)
 
 
+def _python_package(job: dict) -> dict:
+    """Turn the job's pool into a pythonPackageSpec one (the newest prebuilt TF CPU image); return that spec."""
+    pool = job["job_spec"]["worker_pool_specs"][0]
+    container = pool.pop("container_spec")
+    env = {e["name"]: e["value"] for e in container["env"]}
+    pool["python_package_spec"] = {
+        "executor_image_uri": "us-docker.pkg.dev/vertex-ai/training/tf-cpu.2-17.py310:latest",
+        "package_uris": [env["FINSENT_PACKAGE_URIS"]], "python_module": env["FINSENT_PYTHON_MODULE"],
+    }
+    return pool["python_package_spec"]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -161,12 +174,19 @@ def test_delete_returns_done_operation_and_refuses_running_jobs(job_client, make
         (lambda j: j["job_spec"]["worker_pool_specs"][0].update(
             machine_spec={"machine_type": "g2-standard-8", "accelerator_type": "NVIDIA_TESLA_A100", "accelerator_count": 1}),
          "Supported accelerators: NVIDIA_L4"),
-        (lambda j: j["job_spec"]["worker_pool_specs"][0]["python_package_spec"].pop("package_uris"),
+        (lambda j: _python_package(j).pop("package_uris"),
          "python_package_spec.package_uris; Message: Required field is not set."),
-        (lambda j: j["job_spec"]["worker_pool_specs"][0]["python_package_spec"].pop("python_module"),
+        (lambda j: _python_package(j).pop("python_module"),
          "python_package_spec.python_module; Message: Required field is not set."),
-        (lambda j: j["job_spec"]["worker_pool_specs"][0]["python_package_spec"].pop("executor_image_uri"),
+        (lambda j: _python_package(j).pop("executor_image_uri"),
          "executor_image_uri; Message: Required field is not set."),
+        # https://cloud.google.com/vertex-ai/docs/training/pre-built-containers: tf-cpu.2-17.py310 "End of
+        # availability" Jul 11, 2026; custom_job.proto: "You must use an image from this list."
+        (lambda j: _python_package(j), "tf-cpu.2-17.py310:latest reached its end of availability on 2026-07-11."),
+        (lambda j: _python_package(j).update(executor_image_uri="gcr.io/me/trainer:1"),
+         "Executor image gcr.io/me/trainer:1 is not a pre-built training container"),
+        (lambda j: j["job_spec"]["worker_pool_specs"][0]["container_spec"].pop("image_uri"),
+         "container_spec.image_uri; Message: Required field is not set."),
         (lambda j: j["job_spec"].update(scheduling={"strategy": "FLEX_START"}) or
          j["job_spec"]["worker_pool_specs"][0].update(
             machine_spec={"machine_type": "n1-standard-4", "accelerator_type": "NVIDIA_TESLA_T4", "accelerator_count": 1}),
@@ -174,7 +194,7 @@ def test_delete_returns_done_operation_and_refuses_running_jobs(job_client, make
         (lambda j: j["labels"].update({"Flow-Run": "x"}), "Label keys must start with a lowercase letter"),
     ],
     ids=["type-without-count", "count-without-type", "t4-on-a2", "a100-on-g2", "no-package", "no-module",
-         "no-image", "flex-start-t4", "bad-label"],
+         "no-executor", "executor-past-eoa", "not-prebuilt", "no-container-image", "flex-start-t4", "bad-label"],
 )
 def test_invalid_specs_are_rejected_with_invalid_argument(job_client, make_job, change, message):
     spec = make_job("write")
@@ -232,8 +252,7 @@ def test_high_level_custom_job_runs_to_success(vertex_emulator, package_uri, job
         worker_pool_specs=[{
             "machine_spec": {"machine_type": "n1-standard-4"},
             "replica_count": 1,
-            "python_package_spec": {"executor_image_uri": "us-docker.pkg.dev/x/y:latest",
-                                    "package_uris": [package_uri], "python_module": "emujob.write"},
+            "container_spec": image_spec(package_uri, "emujob.write"),
         }],
         base_output_dir=f"gs://{job_bucket}/sdk-run",
         labels={"suite": "sdk"},
@@ -256,8 +275,7 @@ def test_high_level_custom_job_failure_raises(vertex_emulator, package_uri, job_
         display_name="sdk-fail",
         worker_pool_specs=[{
             "machine_spec": {"machine_type": "n1-standard-4"}, "replica_count": 1,
-            "python_package_spec": {"executor_image_uri": "x", "package_uris": [package_uri],
-                                    "python_module": "emujob.fail"},
+            "container_spec": image_spec(package_uri, "emujob.fail"),
         }],
     )
     with pytest.raises(RuntimeError, match="non-zero status of 1"):

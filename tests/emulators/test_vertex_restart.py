@@ -106,7 +106,7 @@ def test_instant_runner_needs_no_processes(gcs_emulator, make_job):
         client = make_client(emulator.endpoint)
         ok = client.create_custom_job(parent=PARENT, custom_job=make_job("write"))
         failing = make_job("write")
-        failing["job_spec"]["worker_pool_specs"][0]["python_package_spec"]["env"] = [
+        failing["job_spec"]["worker_pool_specs"][0]["container_spec"]["env"] = [
             {"name": "EMULATOR_EXIT_CODE", "value": "2"}]
         bad = client.create_custom_job(parent=PARENT, custom_job=failing)
         assert wait_for_state(client, ok.name, TERMINAL).state.name == "JOB_STATE_SUCCEEDED"

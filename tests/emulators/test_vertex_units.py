@@ -101,8 +101,8 @@ def test_accelerator_table():
 def _emulator_accepts(machine_type: str, gpu: str | None, count: int, strategy: str) -> bool:
     machine = {"machineType": machine_type, **({"acceleratorType": gpu, "acceleratorCount": count} if gpu else {})}
     job = {"displayName": "x", "jobSpec": {
-        "workerPoolSpecs": [{"machineSpec": machine, "replicaCount": "1", "pythonPackageSpec": {
-            "executorImageUri": "image", "packageUris": ["gs://b/p.tar.gz"], "pythonModule": "trainer.task"}}],
+        "workerPoolSpecs": [{"machineSpec": machine, "replicaCount": "1", "containerSpec": {
+            "imageUri": "us-central1-docker.pkg.dev/p/finsent/finsent-trainer:t"}}],
         "scheduling": {"strategy": strategy}}}
     try:
         validate_custom_job(job, "us-central1")
@@ -180,3 +180,24 @@ def test_fault_rules_are_consumed_in_order():
     assert not faults.take_preempt(0.5) and faults.take_preempt(1.5) and not faults.take_preempt(5)
     with pytest.raises(InvalidArgument):
         faults.configure({"rules": [{"method": "get", "commit_then_drop": True}]})
+
+
+def test_replicas_run_the_image_entrypoint_for_finsent_images_and_python_packages():
+    """What stands in for an image on the host: finsent's image and a pythonPackageSpec both run the image's
+    entrypoint (which installs the packages, then runs the module); another image needs a command."""
+    from emulators.vertex.errors import JobSetupError
+    from emulators.vertex.runner import IMAGE_ENTRYPOINT, replica_command
+
+    image = {"containerSpec": {"imageUri": "us-central1-docker.pkg.dev/p/finsent/finsent-trainer:abc",
+                               "args": ["--model=lstm"]}}
+    assert replica_command("py", image, {"A": "1"}) == (["py", str(IMAGE_ENTRYPOINT), "--model=lstm"], {"A": "1"})
+    package = {"pythonPackageSpec": {"executorImageUri": "x", "packageUris": ["gs://b/a.tar.gz", "gs://b/b.tar.gz"],
+                                     "pythonModule": "trainer.task", "args": ["--help"]}}
+    cmd, env = replica_command("py", package, {})
+    assert cmd == ["py", str(IMAGE_ENTRYPOINT), "--help"]
+    assert env == {"FINSENT_PACKAGE_URIS": "gs://b/a.tar.gz,gs://b/b.tar.gz", "FINSENT_PYTHON_MODULE": "trainer.task"}
+    command = {"containerSpec": {"imageUri": "gcr.io/p/other:1", "command": ["python", "-c"], "args": ["pass"]}}
+    assert replica_command("py", command, {})[0] == ["python", "-c", "pass"]
+    with pytest.raises(JobSetupError, match="only finsent's image"):
+        replica_command("py", {"containerSpec": {"imageUri": "gcr.io/p/other:1"}}, {})
+    assert IMAGE_ENTRYPOINT.is_file()

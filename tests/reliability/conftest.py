@@ -52,7 +52,7 @@ def staged(gcs_emulator, vertex_emulator, small_csv, tmp_path_factory) -> dict:
     """Data and trainer sdist uploaded once to a session bucket, for task-level `JobRunner.run` tests."""
     from flows.train import TRAINER_DIR
     from tasks import gcs
-    from tasks.config import parse_config, tf_version_of_image
+    from tasks.config import parse_config
     from tasks.dataset import fetch_dataset
     from tasks.inputs import upload_inputs
     from tasks.layout import BucketLayout
@@ -66,7 +66,7 @@ def staged(gcs_emulator, vertex_emulator, small_csv, tmp_path_factory) -> dict:
 
     with disable_run_logger():
         prepared = fetch_dataset.fn(cfg.data, work)
-        package = package_trainer.fn(TRAINER_DIR, work, tf_version=tf_version_of_image(cfg.executor_image_uri))
+        package = package_trainer.fn(TRAINER_DIR, work)
         uploads = upload_inputs.fn(gcs.storage_client(cfg), BucketLayout.of(cfg), prepared, package)
     return {"bucket": bucket, "package_uri": uploads.package_uri, "data_uri": uploads.data_uri,
             "package_path": package.path}

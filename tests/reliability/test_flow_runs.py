@@ -164,7 +164,7 @@ def test_secret_scan(mode, rel_config, vertex_admin, gcs_bucket, monkeypatch, ca
     jobs = run_jobs(vertex_admin, run_key)
     assert len(jobs) == 1 and len(vertex_admin.requests("create")) == 1
     job = jobs[0]
-    pool = job["jobSpec"]["workerPoolSpecs"][0]["pythonPackageSpec"]
+    pool = job["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]
     env = {e["name"]: e["value"] for e in pool.get("env", [])}
     job_log = vertex_admin.job_log(job["name"])
     places = {

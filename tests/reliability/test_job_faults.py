@@ -14,6 +14,7 @@ from tasks import run_identity, vertex
 from tasks.config import parse_config
 from tasks.errors import JobFailedError, RetryableJobError
 from tasks.layout import BucketLayout
+from tests.emulators.emujob_sdist import run_module
 from tests.reliability.conftest import lstm_config, run_jobs, wait_until
 from trainer.storage import parse_gs_uri
 
@@ -179,8 +180,7 @@ def test_user_error_is_never_retried(vertex_emulator, vertex_admin, staged, bad,
 
         def broken(*args, **kwargs):
             job = real(*args, **kwargs)
-            job["job_spec"]["worker_pool_specs"][0]["python_package_spec"]["python_module"] = "trainer.no_such"
-            return job
+            return run_module(job, "trainer.no_such")
 
         monkeypatch.setattr(vertex, "build_custom_job", broken)
     else:

@@ -19,7 +19,7 @@ from prefect.states import Completed, Crashed, Running
 from flows.reap import ARTIFACT_KEY, reap
 from tasks import vertex
 from tasks.config import parse_config
-from tests.emulators.emujob_sdist import build_sdist
+from tests.emulators.emujob_sdist import build_sdist, run_module
 from tests.reliability.conftest import wait_until
 
 
@@ -53,8 +53,7 @@ def sleeping_job(config: dict, package_uri: str, *, flow_run_id: str | None, run
     request = vertex.JobRequest("lstm", package_uri=package_uri, data_uri="gs://unused/data",
                                 output_uri=f"gs://unused/runs/{run_key}", run_key=run_key, flow_run_id=flow_run_id)
     job = vertex.build_custom_job(cfg, request)
-    job["job_spec"]["worker_pool_specs"][0]["python_package_spec"] |= {"python_module": "emujob.sleep",
-                                                                      "args": ["600"]}
+    run_module(job, "emujob.sleep", ["600"])
     runner = vertex.JobRunner(cfg, log=lambda line: None)
     name = runner.submit(job).name
     wait_until(lambda: runner.client.get_custom_job(name=name).state == vertex.JobState.JOB_STATE_RUNNING, 120,

@@ -8,7 +8,8 @@ from trainer.config import build_parser as build_trainer_parser
 from trainer.config import parse_config as parse_trainer_config
 
 from deployments.serve import build_deployments, config_from_env, validate_cron
-from tasks.config import PipelineConfig, parse_config, tf_version_of_image
+from tasks.config import PipelineConfig, parse_config
+from tasks.image import default_image_uri, image_tag
 from tasks.errors import ConfigError
 from tasks.vertex import trainer_args
 
@@ -137,10 +138,36 @@ def test_every_trainer_flag_is_a_params_field_and_reaches_the_trainer_unchanged(
         assert {name: getattr(received, name) for name in sent} == sent
 
 
-def test_tf_version_is_read_from_prebuilt_image_uri():
-    assert tf_version_of_image("us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest") == "2.17"
-    assert tf_version_of_image("europe-docker.pkg.dev/vertex-ai/training/tf-cpu.2-14.py310:latest") == "2.14"
-    assert tf_version_of_image("us-docker.pkg.dev/vertex-ai/training/pytorch-gpu.2-4.py310:latest") is None
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        # https://cloud.google.com/vertex-ai/docs/training/pre-built-containers: tf-gpu.2-17.py310, the newest
+        # TensorFlow GPU training image, "End of availability" Jul 11, 2026 (framework-support-policy: "After this
+        # date, you can no longer use images for this framework version")
+        ("us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest",
+         r"executor_image_uri: tf-gpu.2-17.py310 reached the end of its availability on Vertex on 2026-07-11 "
+         r"\(https://cloud.google.com/vertex-ai/docs/training/pre-built-containers\); finsent runs in its own "
+         r"image now: remove executor_image_uri \(container_image_uri then defaults to finsent's image, built "
+         r"with `make image`\)$"),
+        ("europe-docker.pkg.dev/vertex-ai/training/pytorch-gpu.2-4.py310:latest",
+         r"pytorch-gpu.2-4.py310 reached the end of its availability on Vertex on 2026-07-24"),
+        ("us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-99.py312:latest",
+         r"tf-gpu.2-99.py312: finsent has no tested pin set for this prebuilt image; finsent runs in its own image"),
+        ("gcr.io/me/trainer:1", r"gcr.io/me/trainer:1 is not a Vertex prebuilt training image"),
+    ],
+)
+def test_prebuilt_executor_images_are_refused_with_the_way_out(image, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(BASE | {"executor_image_uri": image})
+
+
+def test_jobs_run_in_finsent_image_of_this_checkout_unless_told_otherwise():
+    cfg = parse_config(BASE | {"region": "europe-west4"})
+    assert cfg.image_uri == default_image_uri("p", "europe-west4")
+    assert cfg.image_uri == f"europe-west4-docker.pkg.dev/p/finsent/finsent-trainer:{image_tag()}"
+    assert len(image_tag()) == 12 and int(image_tag(), 16) >= 0
+    mine = "us-central1-docker.pkg.dev/p/mine/finsent-trainer:v2"
+    assert parse_config(BASE | {"container_image_uri": mine}).image_uri == mine
 
 
 def test_deployment_config_from_file_and_env(tmp_path):

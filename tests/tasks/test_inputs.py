@@ -50,3 +50,5 @@ def test_inputs_key_follows_data_trainer_and_settings():
     assert key != inputs_key(cfg, "data-fp2", "trainer-sha")
     assert key != inputs_key(cfg, "data-fp", "trainer-sha2")
     assert key != inputs_key(cfg.model_copy(update={"models": ["lstm"]}), "data-fp", "trainer-sha")
+    # another image is another environment (and so another model); finsent's own is the same in every project
+    assert key != inputs_key(cfg.model_copy(update={"container_image_uri": "gcr.io/p/other:1"}), "data-fp", "trainer-sha")

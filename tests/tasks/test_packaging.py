@@ -40,21 +40,21 @@ def touch_caches(root: Path) -> None:
 
 class TestReproducible:
     def test_same_source_same_bytes(self, tiny_trainer, tmp_path):
-        first = build_trainer_sdist(tiny_trainer, tmp_path / "a", tf_version="2.17")
+        first = build_trainer_sdist(tiny_trainer, tmp_path / "a")
         touch_caches(tiny_trainer)
-        second = build_trainer_sdist(tiny_trainer, tmp_path / "b", tf_version="2.17")
+        second = build_trainer_sdist(tiny_trainer, tmp_path / "b")
         assert first.sha256 == second.sha256
         assert first.path.read_bytes() == second.path.read_bytes()
         assert first.filename == "tiny_trainer-0.0.1.tar.gz" and first.path.name == first.filename
         assert not any("__pycache__" in n or "/build/" in n or ".pytest_cache" in n for n in members(second.path))
 
     def test_changed_source_changes_hash(self, tiny_trainer, tmp_path):
-        first = build_trainer_sdist(tiny_trainer, tmp_path / "a", tf_version=None)
+        first = build_trainer_sdist(tiny_trainer, tmp_path / "a")
         (tiny_trainer / "src" / "tiny" / "task.py").write_text("print('train harder')\n")
-        assert build_trainer_sdist(tiny_trainer, tmp_path / "b", tf_version=None).sha256 != first.sha256
+        assert build_trainer_sdist(tiny_trainer, tmp_path / "b").sha256 != first.sha256
 
     def test_archive_is_normalised(self, tiny_trainer, tmp_path):
-        package = build_trainer_sdist(tiny_trainer, tmp_path, tf_version=None)
+        package = build_trainer_sdist(tiny_trainer, tmp_path)
         raw = package.path.read_bytes()
         assert raw[4:8] == b"\x00\x00\x00\x00"  # gzip header mtime 0
         with tarfile.open(fileobj=io.BytesIO(raw)) as archive:
@@ -66,41 +66,10 @@ class TestReproducible:
         trainer = REPO / "trainer"
         if not (trainer / "pyproject.toml").exists():
             pytest.skip("trainer/pyproject.toml not written yet")
-        first = build_trainer_sdist(trainer, tmp_path / "a", tf_version="2.17")
-        second = build_trainer_sdist(trainer, tmp_path / "b", tf_version="2.17")
+        first = build_trainer_sdist(trainer, tmp_path / "a")
+        second = build_trainer_sdist(trainer, tmp_path / "b")
         assert first.sha256 == second.sha256
         assert any(name.endswith("src/trainer/__init__.py") for name in members(first.path))
-
-
-class TestTensorflowTextPin:
-    def test_pin_for_image_tf_version(self, tiny_trainer, tmp_path):
-        package = build_trainer_sdist(tiny_trainer, tmp_path, tf_version="2.17")
-        files = members(package.path)
-        requirements = files["tiny_trainer-0.0.1/requirements.txt"].decode()
-        assert requirements.splitlines() == ["numpy>=1.23", "tensorflow-text==2.17.*", "protobuf<5"]
-        assert "Requires-Dist: tensorflow-text==2.17.*" in files["tiny_trainer-0.0.1/PKG-INFO"].decode()
-        # the source tree itself is untouched
-        assert (tiny_trainer / "requirements.txt").read_text() == "numpy>=1.23\n"
-
-    def test_existing_pin_is_replaced_not_duplicated(self, tiny_trainer, tmp_path):
-        (tiny_trainer / "requirements.txt").write_text("numpy>=1.23\ntensorflow-text\n")
-        package = build_trainer_sdist(tiny_trainer, tmp_path, tf_version="2.15")
-        requirements = members(package.path)["tiny_trainer-0.0.1/requirements.txt"].decode()
-        assert requirements.splitlines() == ["numpy>=1.23", "tensorflow-text==2.15.*", "protobuf<5"]
-
-    @pytest.mark.parametrize("tf_version, cap", [("2.18", ["protobuf<6"]), ("2.19", ["protobuf<6"]), ("2.20", [])])
-    def test_protobuf_cap_follows_tensorflow(self, tiny_trainer, tmp_path, tf_version, cap):
-        package = build_trainer_sdist(tiny_trainer, tmp_path, tf_version=tf_version)
-        requirements = members(package.path)["tiny_trainer-0.0.1/requirements.txt"].decode()
-        assert requirements.splitlines() == ["numpy>=1.23", f"tensorflow-text=={tf_version}.*", *cap]
-
-    def test_no_pin_without_tf_image(self, tiny_trainer, tmp_path):
-        package = build_trainer_sdist(tiny_trainer, tmp_path, tf_version=None)
-        assert b"tensorflow-text" not in b"".join(members(package.path).values())
-
-    def test_bad_tf_version(self, tiny_trainer, tmp_path):
-        with pytest.raises(ConfigError, match=r"tf_version '2' is not MAJOR.MINOR"):
-            build_trainer_sdist(tiny_trainer, tmp_path, tf_version="2")
 
 
 class TestSecrets:
@@ -111,7 +80,7 @@ class TestSecrets:
         (tiny_trainer / "sa-key.json").write_text('{"private_key": "-----BEGIN PRIVATE KEY-----"}')
         (tiny_trainer / "wandb").mkdir()
         (tiny_trainer / "wandb" / "settings").write_text(f"api_key={secret}\n")
-        package = build_trainer_sdist(tiny_trainer, tmp_path / "out", tf_version="2.17")
+        package = build_trainer_sdist(tiny_trainer, tmp_path / "out")
         raw = package.path.read_bytes()
         files = members(package.path)
         assert secret.encode() not in raw and not any(secret.encode() in body for body in files.values())
@@ -122,19 +91,19 @@ class TestSecrets:
         monkeypatch.setenv("WANDB_API_KEY", secret)
         (tiny_trainer / "src" / "tiny" / "settings.py").write_text(f"KEY = {secret!r}\n")
         with pytest.raises(ConfigError, match=r"contains the value of \$WANDB_API_KEY in .*settings.py"):
-            build_trainer_sdist(tiny_trainer, tmp_path / "out", tf_version=None)
+            build_trainer_sdist(tiny_trainer, tmp_path / "out")
         assert not list((tmp_path / "out").glob("*.tar.gz"))
 
     def test_missing_project(self, tmp_path):
         with pytest.raises(ConfigError, match=r"has no pyproject.toml"):
-            build_trainer_sdist(tmp_path, tmp_path / "out", tf_version=None)
+            build_trainer_sdist(tmp_path, tmp_path / "out")
 
 
 def test_task_fn(tiny_trainer, tmp_path):
     from prefect.logging import disable_run_logger
 
     with disable_run_logger():
-        package = package_trainer.fn(tiny_trainer, tmp_path, "2.17")
+        package = package_trainer.fn(tiny_trainer, tmp_path)
     assert package.path.exists() and package_trainer.name == "package-trainer"
 
 

@@ -10,6 +10,7 @@ from google.cloud import aiplatform_v1
 
 from tasks.config import PollConfig, parse_config
 from tasks.errors import RetryableJobError
+from tasks.image import image_tag
 from tasks.run_identity import LABEL_FLOW_RUN, identity, run_label
 from tasks.vertex import (
     JOB_PHASES, GiveUp, JobRequest, Phase, RecoveryPolicy, Resubmit, WatchDeadline, build_custom_job,
@@ -49,10 +50,8 @@ def test_custom_job_spec_is_exactly_what_vertex_needs():
                     },
                     "replica_count": 1,
                     "disk_spec": {"boot_disk_type": "pd-ssd", "boot_disk_size_gb": 100},
-                    "python_package_spec": {
-                        "executor_image_uri": "us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest",
-                        "package_uris": ["gs://b/pkg.tar.gz"],
-                        "python_module": "trainer.task",
+                    "container_spec": {
+                        "image_uri": f"us-central1-docker.pkg.dev/p/finsent/finsent-trainer:{image_tag()}",
                         "args": [
                             "--model=lstm",
                             "--train-data=gs://b/data/abc/train.csv",
@@ -80,6 +79,7 @@ def test_custom_job_spec_is_exactly_what_vertex_needs():
                             "--wandb-run-name=finsent-lstm-r1-a791366f6f-a1",
                         ],
                         "env": [
+                            {"name": "FINSENT_PACKAGE_URIS", "value": "gs://b/pkg.tar.gz"},  # the image installs it
                             {"name": "WANDB_API_KEY_SECRET", "value": "projects/p/secrets/wandb/versions/1"},
                             {"name": "WANDB_PROJECT", "value": "finsent"},
                         ],

@@ -15,7 +15,7 @@ from tasks import vertex
 from tasks.config import parse_config
 from tasks.errors import JobCancelError, JobSubmitError, JobTimeoutError, JobWatchError
 from tasks.run_identity import LABEL_MODEL, LABEL_RUN
-from tests.emulators.emujob_sdist import build_sdist
+from tests.emulators.emujob_sdist import build_sdist, run_module
 
 
 # The runner's retry with waits of a few milliseconds: the same predicate and loop, without the real backoff.
@@ -40,8 +40,7 @@ def sleeper_job(gcs_emulator, gcs_bucket, vertex_emulator):
         output_uri=f"gs://{gcs_bucket}/out", run_key=uuid.uuid4().hex,
     )  # fmt: skip
     job = vertex.build_custom_job(cfg, request)
-    pool = job["job_spec"]["worker_pool_specs"][0]["python_package_spec"]
-    pool |= {"python_module": "emujob.sleep", "args": ["3"]}
+    run_module(job, "emujob.sleep", ["3"])
     return cfg, job
 
 

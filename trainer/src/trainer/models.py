@@ -1,7 +1,7 @@
 """Model builders: a BERT classifier on a keras-hub backbone from an HF-format checkpoint, and a plain-Keras BiLSTM.
 
-Of keras-hub only BertBackbone.from_preset is used (the head is plain Keras layers), so the code works with
-keras-hub 0.25.1 (Python 3.10 images) and 0.32.0.
+Of keras-hub only BertBackbone.from_preset is used (the head is plain Keras layers). The image pins keras-hub 0.32.0;
+the retry with the original BERT weight names keeps older keras-hub releases (0.25.1) able to read newer exports.
 """
 
 from __future__ import annotations

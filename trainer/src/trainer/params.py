@@ -9,7 +9,7 @@ refuse is refused by the flow before anything is uploaded, and a field the user 
 A parameter applies to the models that have a default for it. A parameter of the other model is refused, by the
 flow and by the trainer alike, rather than ignored: a setting that silently does nothing misleads whoever set it.
 
-Stdlib only and Python 3.10: it runs on Vertex's prebuilt training images, and the flow imports it.
+Stdlib only: the flow imports it without the trainer's dependencies.
 """
 
 from __future__ import annotations
