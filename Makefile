@@ -7,7 +7,7 @@ SHARED_ZIP := ../shared/data/financial_phrasebank/FinancialPhraseBank-v1.0.zip
 FINSENT_DATA_URI ?= $(if $(wildcard $(SHARED_ZIP)),$(abspath $(SHARED_ZIP)),)
 export FINSENT_DATA_URI
 
-.PHONY: venv demo test test-fast bench lock image clean
+.PHONY: venv demo demo-worker test test-fast bench lock image clean
 
 venv: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ $(VENV)/.installed: pyproject.toml trainer/pyproject.toml constraints.txt Makefi
 
 demo: venv
 	$(BIN)/python -m deployments.demo
+
+# The same flow run through prefect.yaml: `prefect deploy --all` + a process worker, on the emulators, offline.
+demo-worker: venv
+	$(BIN)/python -m deployments.demo_worker
 
 test: venv
 	KERAS_BACKEND=jax $(BIN)/python -m pytest

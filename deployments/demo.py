@@ -79,12 +79,10 @@ def _print_results(env: dict, flow_run_id: str) -> bool:
     return state == "COMPLETED"
 
 
-def main() -> int:
-    STATE.mkdir(exist_ok=True)
-    keep_ui = os.environ.get("KEEP_UI") == "1"
-    port = int(os.environ.get("PREFECT_PORT", "0")) or free_port()
+def demo_env(prefect_home: Path, port: int) -> dict:
+    """The environment of every demo process: a local Prefect server on `port`, no telemetry, no wandb.ai."""
     env = os.environ | {
-        "PREFECT_HOME": str(STATE / "prefect"),
+        "PREFECT_HOME": str(prefect_home),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_RUNNER_POLL_FREQUENCY": "2",
@@ -93,6 +91,14 @@ def main() -> int:
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     env.pop("WANDB_API_KEY", None)  # the demo never talks to wandb.ai
+    return env
+
+
+def main() -> int:
+    STATE.mkdir(exist_ok=True)
+    keep_ui = os.environ.get("KEEP_UI") == "1"
+    port = int(os.environ.get("PREFECT_PORT", "0")) or free_port()
+    env = demo_env(STATE / "prefect", port)
     processes: list[subprocess.Popen] = []
     server = None
     try:

