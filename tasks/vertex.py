@@ -495,6 +495,7 @@ class JobRunner:
         timeout_seconds: float | None = None,
         max_wait_seconds: float | None = None,
         on_update: Callable[[aiplatform_v1.CustomJob, float], None] = lambda job, elapsed: None,
+        on_poll: Callable[[aiplatform_v1.CustomJob], None] = lambda job: None,
         heartbeat_seconds: float = 300.0,
         max_cost_usd: float | None = None,
         prior_running_seconds: float = 0.0,
@@ -504,7 +505,8 @@ class JobRunner:
         timeout_seconds). If the watch stops for any other reason than the job's end (deadline, an error) it cancels
         the job and says so: no job is left running unwatched. (A KeyboardInterrupt or Prefect's TerminationSignal
         passes through untouched: tasks/training.py cancels only when the flow run was cancelled.) `on_update`
-        hears every state change, and the current state again every `heartbeat_seconds`.
+        hears every state change, and the current state again every `heartbeat_seconds`; `on_poll` hears every
+        successful get, the last one included (it must not raise: it rides on the poll, adding no loop of its own).
 
         Budget (`max_cost_usd`, by default the runner's): once the job's running cost, hourly list price x its
         RUNNING seconds by Vertex's timestamps plus `prior_running_seconds` of the model's earlier attempts, passes
@@ -536,6 +538,7 @@ class JobRunner:
                     if job.state != last_state or now - last_report >= heartbeat_seconds:
                         last_state, last_report = job.state, now
                         on_update(job, now - started)
+                    on_poll(job)
                     if job.state in TERMINAL_STATES:
                         return job
                     if budget is not None:
@@ -627,6 +630,8 @@ class JobRunner:
 
     def run(self, request: JobRequest) -> JobOutcome:
         """Submit (or reattach to) the model's job, watch it to the end, and resubmit as the policy decides."""
+        from tasks.cloud_logging import job_log_printer  # google.cloud.logging, imported only by a run that watches
+
         model, started, attempt = request.model, time.monotonic(), 1
         if self.max_cost_usd is not None:
             self._hourly_usd(self.max_cost_usd)  # an unpriced job is refused before it is created
@@ -640,7 +645,8 @@ class JobRunner:
                 seen.add(update.state)
                 self.log(f"[{model}] {JobState(update.state).name} after {elapsed:.0f}s")
 
-            done = self.watch(job.name, on_update=report, prior_running_seconds=ran_before)
+            log_lines = job_log_printer(self.cfg, model, job.name, self.log, more_at=console_url(self.cfg, job.name))
+            done = self.watch(job.name, on_update=report, on_poll=log_lines, prior_running_seconds=ran_before)
             ran_before += running_seconds(done, datetime.now(timezone.utc))
             if done.state == JobState.JOB_STATE_SUCCEEDED:
                 return JobOutcome(

@@ -20,7 +20,8 @@ from typing import Callable
 
 from emulators.vertex.errors import InvalidArgument
 
-METHODS = ("create", "get", "list", "cancel", "delete")
+#: The API methods a rule can target: the CustomJob API's, and Cloud Logging's entries:list ("list_log_entries").
+METHODS = ("create", "get", "list", "cancel", "delete", "list_log_entries")
 #: States a `hold` keeps a job in: QUEUED before it starts (a quota wait), PAUSED/UPDATING once it runs.
 HOLD_STATES = ("QUEUED", "PAUSED", "UPDATING")
 #: Where a cancel that loses the race ends (job_state.proto: CANCELLING may end SUCCEEDED, FAILED or CANCELLED).

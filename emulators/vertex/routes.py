@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from emulators.vertex.errors import ApiError, InvalidArgument, NotFound, error_body
 from emulators.vertex.faults import Faults, quota_exceeded_message
+from emulators.vertex.logging_api import list_log_entries
 from emulators.vertex.service import JobService
 from emulators.vertex.spec import normalize_custom_job
 
@@ -34,6 +35,8 @@ API_ROUTES = [
     ("DELETE", re.compile(rf"^{_JOBS}/(?P<job>[^/:]+)$"), "delete"),
     ("POST", re.compile(rf"^{_JOBS}/(?P<job>[^/:]+):cancel$"), "cancel"),
 ]
+#: The same, under /v2/: Cloud Logging's entries:list over the jobs' replica output (emulators/vertex/logging_api.py).
+LOGGING_ROUTES = [("POST", re.compile(r"^entries:list$"), "list_log_entries")]
 
 #: Default texts of injected error statuses. A 429 on create says instead what Vertex says for a quota refusal
 #: (`faults.quota_exceeded_message`).
@@ -110,11 +113,16 @@ class _Handlers:
     def delete(self, path: dict, request: Request, body: Any) -> dict:
         return self.service.delete(_job_name(path))
 
+    # ---- Cloud Logging v2 ---------------------------------------------------------------------------------------
+
+    def list_log_entries(self, path: dict, request: Request, body: Any) -> dict:
+        return list_log_entries(self.service.store, self.service.files, body)
+
     async def api(self, request: Request) -> Response:
         started = time.monotonic()
         path = request.path_params["path"]
         raw = await request.body()
-        extras: dict = {"method": _match_api_route(request.method, path)[0]}
+        extras: dict = {"method": _match_api_route(request.method, path, _routes_of(request))[0]}
         try:
             status, body, extras = await run_in_threadpool(self._serve_api, request.method, path, request, raw)
         except ApiError as exc:
@@ -133,9 +141,9 @@ class _Handlers:
 
     def _serve_api(self, http_method: str, path: str, request: Request, raw: bytes) -> tuple[int, dict, dict]:
         """Returns (status, body, log extras). Runs in a worker thread (faults may sleep)."""
-        method, match = _match_api_route(http_method, path)
+        method, match = _match_api_route(http_method, path, _routes_of(request))
         if match is None:
-            raise NotFound(f"The requested URL /v1/{path} ({http_method}) was not found on this server.")
+            raise NotFound(f"The requested URL {request.url.path} ({http_method}) was not found on this server.")
         handler = getattr(self, method)
         groups = match.groupdict()
         extras: dict = {"method": method}
@@ -233,9 +241,14 @@ def _job_name(path: dict) -> str:
     return f"projects/{path['project']}/locations/{path['location']}/customJobs/{path['job']}"
 
 
-def _match_api_route(http_method: str, path: str) -> tuple[str | None, re.Match | None]:
-    """(API method name, match) of the route serving `http_method /v1/path`; (None, None) when there is none."""
-    for verb, pattern, method in API_ROUTES:
+def _routes_of(request: Request) -> list:
+    return LOGGING_ROUTES if request.url.path.startswith("/v2/") else API_ROUTES
+
+
+def _match_api_route(http_method: str, path: str, routes: list = API_ROUTES) -> tuple[str | None, re.Match | None]:
+    """(API method name, match) of the route in `routes` serving `http_method /v1/path` (or /v2/ for
+    LOGGING_ROUTES); (None, None) when there is none."""
+    for verb, pattern, method in routes:
         match = pattern.match(path)
         if verb == http_method and match:
             return method, match
@@ -248,6 +261,7 @@ def build_app(service: JobService, faults: Faults, request_log: RequestLog) -> S
     admin = "/emulator/v1"
     return Starlette(routes=[
         Route("/v1/{path:path}", h.api, methods=["GET", "POST", "DELETE", "PATCH"]),  # dispatched by API_ROUTES
+        Route("/v2/{path:path}", h.api, methods=["GET", "POST"]),  # dispatched by LOGGING_ROUTES
         Route(f"{admin}/health", h.health, methods=["GET"]),
         Route(f"{admin}/faults", h.show_faults, methods=["GET"]),
         Route(f"{admin}/faults", h.add_faults, methods=["POST"]),
