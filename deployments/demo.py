@@ -79,6 +79,33 @@ def _print_results(env: dict, flow_run_id: str) -> bool:
     return state == "COMPLETED"
 
 
+def run_and_report(env: dict, port: int, how: str = "") -> int:
+    """`prefect deployment run train/vertex --watch`, then the metrics; 0 only when the flow run completed."""
+    started = time.monotonic()
+    run = subprocess.run(
+        [str(BIN / "prefect"), "deployment", "run", "train/vertex", "--watch", "--watch-interval", "5"],
+        env=env, capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    if run.returncode != 0:
+        print(run.stdout[-4000:], run.stderr[-2000:], sep="\n")
+    flow_run_id = next((line.split("UUID:")[1].strip() for line in run.stdout.splitlines() if "UUID:" in line), None)
+    if flow_run_id is None:
+        _say("could not start the flow run")
+        return 1
+    completed = _print_results(env, flow_run_id)
+    _say(f"flow run took {time.monotonic() - started:.0f}s{how}; UI: http://127.0.0.1:{port}")
+    return 0 if completed and run.returncode == 0 else 1
+
+
+def stop_server(server: subprocess.Popen | None, keep_ui: bool) -> None:
+    if server is None:
+        return
+    if keep_ui:
+        _say(f"KEEP_UI=1: Prefect server left running (pid {server.pid}); stop it with kill -- -{server.pid}")
+    else:
+        kill_group(server)
+
+
 def demo_env(prefect_home: Path, port: int) -> dict:
     """The environment of every demo process: a local Prefect server on `port`, no telemetry, no wandb.ai."""
     env = os.environ | {
@@ -121,30 +148,11 @@ def main() -> int:
             processes.append(runner)
             _wait_for_deployment(env, "train/vertex", runner)
             _say("prefect deployment run train/vertex --watch")
-            started = time.monotonic()
-            run = subprocess.run(
-                [str(BIN / "prefect"), "deployment", "run", "train/vertex", "--watch", "--watch-interval", "5"],
-                env=env, capture_output=True, text=True,
-            )  # fmt: skip
-            if run.returncode != 0:
-                print(run.stdout[-4000:], run.stderr[-2000:], sep="\n")
-            flow_run_id = next(
-                (line.split("UUID:")[1].strip() for line in run.stdout.splitlines() if "UUID:" in line), None
-            )
-            if flow_run_id is None:
-                _say("could not start the flow run")
-                return 1
-            completed = _print_results(env, flow_run_id)
-            _say(f"flow run took {time.monotonic() - started:.0f}s; UI: http://127.0.0.1:{port}")
-            return 0 if completed and run.returncode == 0 else 1
+            return run_and_report(env, port)
     finally:
         for process in processes:
             kill_group(process)
-        if server is not None:
-            if keep_ui:
-                _say(f"KEEP_UI=1: Prefect server left running (pid {server.pid}); stop it with kill -- -{server.pid}")
-            else:
-                kill_group(server)
+        stop_server(server, keep_ui)
 
 
 if __name__ == "__main__":

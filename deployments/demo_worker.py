@@ -15,10 +15,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from deployments.demo import BIN, DEMO_CONFIG, REPO, STATE, _print_results, _say, _start, demo_env
+from deployments.demo import BIN, DEMO_CONFIG, REPO, STATE, _say, _start, demo_env, run_and_report, stop_server
 from emulators._proc import free_port, kill_group, wait_http_ready
 from emulators.gcs import FakeGcs
 from emulators.vertex import VertexEmulator
@@ -72,28 +71,11 @@ def main() -> int:
             _say(f"prefect worker start --pool {POOL}")
             worker = _start([str(BIN / "prefect"), "worker", "start", "--pool", POOL], env, "worker.log")
             _say("prefect deployment run train/vertex --watch")
-            started = time.monotonic()
-            run = _prefect(env, "deployment", "run", "train/vertex", "--watch", "--watch-interval", "5")
-            if run.returncode != 0:
-                print(run.stdout[-4000:], run.stderr[-2000:], sep="\n")
-            flow_run_id = next(
-                (line.split("UUID:")[1].strip() for line in run.stdout.splitlines() if "UUID:" in line), None
-            )
-            if flow_run_id is None:
-                _say("could not start the flow run")
-                return 1
-            completed = _print_results(env, flow_run_id)
-            _say(f"flow run took {time.monotonic() - started:.0f}s through the worker (log: .finsent/worker.log); "
-                 f"UI: http://127.0.0.1:{port}")
-            return 0 if completed and run.returncode == 0 else 1
+            return run_and_report(env, port, " through the worker (log: .finsent/worker.log)")
     finally:
         if worker is not None:
             kill_group(worker)
-        if server is not None:
-            if keep_ui:
-                _say(f"KEEP_UI=1: Prefect server left running (pid {server.pid}); stop it with kill -- -{server.pid}")
-            else:
-                kill_group(server)
+        stop_server(server, keep_ui)
 
 
 if __name__ == "__main__":
