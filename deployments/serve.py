@@ -79,6 +79,12 @@ def validate_cron(cron: str) -> str:
     return cron
 
 
+def emulator_config(cfg: PipelineConfig, vertex_endpoint: str | None = None) -> PipelineConfig:
+    """`cfg` for train/emulators: anonymous credentials, against `vertex_endpoint` when cfg names none."""
+    return cfg.model_copy(update={"anonymous_credentials": True,
+                                  "vertex_endpoint": cfg.vertex_endpoint or vertex_endpoint})
+
+
 def build_deployments(env: Mapping[str, str] = os.environ) -> list:
     from flows.reap import reap
     from flows.train import train
@@ -101,7 +107,7 @@ def build_deployments(env: Mapping[str, str] = os.environ) -> list:
     )
     deployments = [vertex, reaper]
     if cfg.vertex_endpoint:
-        local = cfg.model_copy(update={"anonymous_credentials": True})
+        local = emulator_config(cfg)
         deployments.append(
             train.to_deployment(
                 name="emulators",

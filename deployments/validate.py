@@ -22,7 +22,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from deployments.serve import DEFAULT_CRON, REAP_CRON, config_from_env, validate_cron
+from deployments.serve import DEFAULT_CRON, REAP_CRON, config_from_env, emulator_config, validate_cron
 from tasks.errors import ConfigError
 
 CONFIG_VARIABLE = "finsent_config"
@@ -56,8 +56,7 @@ def deployment_settings(env: Mapping[str, str] = os.environ, variable=_prefect_v
             raise ConfigError(f"Prefect variable {CONFIG_VARIABLE} must hold a JSON object, not {type(raw).__name__}")
     cfg = config_from_env(env, raw=raw)
     cron = validate_cron(env.get("FINSENT_CRON") or variable(CRON_VARIABLE) or DEFAULT_CRON)
-    emulator = cfg.model_copy(update={"anonymous_credentials": True,
-                                      "vertex_endpoint": cfg.vertex_endpoint or EMULATOR_VERTEX_ENDPOINT})
+    emulator = emulator_config(cfg, EMULATOR_VERTEX_ENDPOINT)
     return {
         "config": cfg.model_dump(mode="json"),
         "cron": cron,

@@ -9,7 +9,7 @@ integers against google.cloud.aiplatform_v1's.
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import date, datetime, timezone
 
 CHECKED = "2026-12-01"
 
@@ -115,6 +115,11 @@ def prebuilt_image_end(image_uri: str) -> tuple[str, date | None] | None:
     if not match:
         return None
     return match["name"], PREBUILT_TRAINING_IMAGES.get(match["name"])
+
+
+def past_end_of_availability(end: date, today: date | None = None) -> bool:
+    """Whether an image whose end of availability is `end` can no longer be used on `today` (UTC by default)."""
+    return end <= (today or datetime.now(timezone.utc).date())
 
 
 def machine_family(machine_type: str) -> str:

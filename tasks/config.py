@@ -15,14 +15,13 @@ upload, and fill in exactly the trainer's per-model defaults. The bounds and rul
 from __future__ import annotations
 
 import re
-from datetime import date
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from trainer import params as trainer_params
 from trainer.errors import ConfigError as TrainerConfigError
 
-from tasks.catalog import FLEX_START_GPUS, TRAINING_REGIONS, gpus_for_machine, machine_family, prebuilt_image_end
+from tasks.catalog import FLEX_START_GPUS, TRAINING_REGIONS, gpus_for_machine, machine_family, past_end_of_availability, prebuilt_image_end
 from tasks.image import default_image_uri
 from tasks.pricing import UnknownPrice, describe, hourly_usd, worst_case_usd
 
@@ -241,7 +240,7 @@ class PipelineConfig(_Strict):
         use = ("finsent runs in its own image now: remove executor_image_uri (container_image_uri then defaults to "
                "finsent's image, built with `make image`)")
         known = prebuilt_image_end(uri)
-        if known and known[1] is not None and known[1] <= date.today():
+        if known and known[1] is not None and past_end_of_availability(known[1]):
             raise ValueError(f"{known[0]} reached the end of its availability on Vertex on {known[1].isoformat()} "
                              f"(https://cloud.google.com/vertex-ai/docs/training/pre-built-containers); {use}")
         if known:
@@ -306,8 +305,7 @@ class PipelineConfig(_Strict):
             return self
         what = describe(self.machine_type, self.accelerator_type, self.accelerator_count, self.region)
         try:
-            hourly = hourly_usd(self.machine_type, self.accelerator_type, self.accelerator_count, self.region,
-                                self.scheduling_strategy)
+            hourly = self.hourly_usd()
         except UnknownPrice as exc:
             raise ValueError(f"max_cost_usd {budget:g}: cannot estimate {what} ({self.scheduling_strategy}): {exc}"
                              ) from None  # fmt: skip
@@ -325,6 +323,11 @@ class PipelineConfig(_Strict):
     @property
     def base_uri(self) -> str:
         return f"gs://{self.bucket}/{self.prefix.strip('/')}"
+
+    def hourly_usd(self) -> float:
+        """One job's list price per hour (tasks/pricing.py); UnknownPrice when it has none."""
+        return hourly_usd(self.machine_type, self.accelerator_type, self.accelerator_count, self.region,
+                          self.scheduling_strategy)
 
     @property
     def image_uri(self) -> str:

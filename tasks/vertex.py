@@ -595,10 +595,8 @@ class JobRunner:
 
     def _hourly_usd(self, budget: float) -> float:
         """The job's list price per hour (tasks/pricing.py); a ConfigError when it has none."""
-        cfg = self.cfg
         try:
-            return pricing.hourly_usd(cfg.machine_type, cfg.accelerator_type, cfg.accelerator_count, cfg.region,
-                                      cfg.scheduling_strategy)
+            return self.cfg.hourly_usd()
         except pricing.UnknownPrice as exc:
             raise ConfigError(f"max_cost_usd {budget:g}: cannot watch the cost: {exc}") from None
 

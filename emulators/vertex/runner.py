@@ -24,6 +24,7 @@ from typing import Callable, Protocol
 
 from emulators._proc import kill_group
 from emulators.vertex.errors import JobSetupError
+from emulators.vertex.spec import active_pools
 from tasks.image import CONTAINER_DIR, PACKAGE_URIS_ENV, PYTHON_MODULE_ENV, is_finsent_image
 
 LogFn = Callable[[str], None]
@@ -84,6 +85,9 @@ class SubprocessRunner:
     """Run replicas as real local processes. See the module docstring for what is (not) emulated."""
 
     def prepare(self, job: dict, workdir: Path, log: LogFn) -> Prepared:
+        """Check every pool has a command the host can run (JobSetupError: the job fails before a replica starts)."""
+        for _, pool in active_pools(job):
+            replica_command(sys.executable, pool, {})
         return Prepared(python=sys.executable, workdir=workdir)
 
     def start(self, prepared: Prepared, pool: dict, env: dict[str, str], log_path: Path) -> ReplicaProcess:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import re
-from datetime import datetime, timezone
 
 from tasks.catalog import (
     ACCELERATOR_TYPES,
@@ -16,6 +15,7 @@ from tasks.catalog import (
     SCHEDULING_STRATEGIES,
     TRAINING_REGIONS,
     gpus_for_machine,
+    past_end_of_availability,
     prebuilt_image_end,
 )
 
@@ -220,7 +220,6 @@ def executor_image_problem(image_uri: str, today=None) -> str | None:
     if known is None or known[1] is None:
         return (f"Executor image {image_uri} is not a pre-built training container "
                 "(https://cloud.google.com/vertex-ai/docs/training/pre-built-containers).")
-    today = today or datetime.now(timezone.utc).date()
-    if known[1] <= today:
+    if past_end_of_availability(known[1], today):
         return f"Executor image {image_uri} reached its end of availability on {known[1].isoformat()}."
     return None

@@ -303,3 +303,12 @@ def test_max_running_keeps_extra_jobs_queued_like_a_gpu_quota(make_job, gcs_emul
         assert wait_for_state(client, second.name, TERMINAL).state.name == "JOB_STATE_SUCCEEDED"
         assert [h["state"] for h in emulator.admin.job(second.name)["emulator"]["stateHistory"]] == [
             "JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"]
+
+
+def test_a_container_the_emulator_cannot_run_fails_the_job_before_any_replica(job_client, make_job):
+    """Images are not pulled here (docs/emulators.md): another image without a command ends FAILED, with why."""
+    spec = make_job("write")
+    spec["job_spec"]["worker_pool_specs"][0]["container_spec"] = {"image_uri": "gcr.io/someone/other:1"}
+    job = job_client.create_custom_job(parent=PARENT, custom_job=spec)
+    done = wait_for_state(job_client, job.name, TERMINAL, timeout=30)
+    assert done.state.name == "JOB_STATE_FAILED" and "only finsent's image" in done.error.message, done.error
