@@ -368,11 +368,12 @@ class JobDriver:
         `seconds` or until a cancel. Returns the seconds it took, which do not count as running time."""
         began = time.monotonic()
         state = S[f"JOB_STATE_{hold['state']}"]
+        if state == S.JOB_STATE_PAUSED:  # stopped before the job says PAUSED: a reader never sees PAUSED running
+            self._signal_all(procs, signal.SIGSTOP)
         if not self._advance(record, state):
+            self._signal_all(procs, signal.SIGCONT)
             return 0.0
         self.files.log_event(record.job_id, f"Held {state.name} for {hold['seconds']} s (hold fault)")
-        if state == S.JOB_STATE_PAUSED:
-            self._signal_all(procs, signal.SIGSTOP)
         self._sleep(record, hold["seconds"])
         if state == S.JOB_STATE_PAUSED:
             self._signal_all(procs, signal.SIGCONT)

@@ -8,6 +8,7 @@ import threading
 import uuid
 
 import pytest
+from google.api_core.exceptions import NotFound
 from google.cloud import storage
 
 from tasks import run_identity, vertex
@@ -43,10 +44,18 @@ def _run(cfg, staged, run_key, lines, model="lstm", data_uri=None, runner=None, 
     return outcome, output_uri
 
 
+_STORAGE: list[storage.Client] = []
+
+
 def _read(uri: str):
+    """The object's bytes, None when absent: one GET on one shared client (the preemption watcher polls this)."""
+    if not _STORAGE:
+        _STORAGE.append(storage.Client(project="t"))
     bucket, name = parse_gs_uri(uri)
-    blob = storage.Client(project="t").bucket(bucket).blob(name)
-    return blob.download_as_bytes() if blob.exists() else None
+    try:
+        return _STORAGE[0].bucket(bucket).blob(name).download_as_bytes()
+    except NotFound:
+        return None
 
 
 def _metrics(output_uri):
@@ -116,7 +125,10 @@ def _preempt_after_first_checkpoint(admin, output_uri, result: dict):
     return thread
 
 
-EPOCHS = 6
+# Epochs after the first take ~0.15 s each here: the preemption must land within the rest of the first process's
+# run (the watcher's poll + one admin call), so 20 epochs leave it ~3 s even on a loaded CI machine (6 left 0.7 s
+# and a CI run once saw the job finish before the fault took effect).
+EPOCHS = 20
 
 
 @pytest.mark.parametrize("restart", [True, False], ids=["restart-on-worker-restart", "resubmit"])
@@ -133,6 +145,8 @@ def test_spot_preemption_resumes_from_the_last_checkpoint_without_training_an_ep
     outcome, _ = _run(cfg, staged, run_key, lines)
     watcher.join(5)
     assert injected.get("injected"), injected
+    jobs = run_jobs(vertex_admin, run_key)
+    assert sum(j["emulator"]["preemptions"] for j in jobs) == 1, "the preemption hit the running job once"
 
     metrics = _metrics(output_uri)
     epochs = [entry["epoch"] for entry in _epoch_log(output_uri)]
@@ -141,7 +155,6 @@ def test_spot_preemption_resumes_from_the_last_checkpoint_without_training_an_ep
     assert metrics["train"]["resumed_from_epoch"] >= 1, "the last process resumed from a checkpoint"
     processes = {entry["run_id"] for entry in _epoch_log(output_uri)}
     assert len(processes) == 2, "epochs came from two processes: before and after the preemption"
-    jobs = run_jobs(vertex_admin, run_key)
     creates = vertex_admin.requests("create")
     if restart:
         assert len(jobs) == 1 and len(creates) == 1 and outcome.attempts == 1
@@ -153,7 +166,9 @@ def test_spot_preemption_resumes_from_the_last_checkpoint_without_training_an_ep
         assert by_attempt["1"]["state"] == "JOB_STATE_FAILED" and "preempted" in by_attempt["1"]["error"]["message"]
         assert by_attempt["2"]["state"] == "JOB_STATE_SUCCEEDED"
         assert {j["jobSpec"]["baseOutputDirectory"]["outputUriPrefix"] for j in jobs} == {output_uri}
-    print(f"\n[preempt restart={restart}] epochs {epochs}, resumed_from_epoch "
+    finished = [entry["finished_at"] for entry in _epoch_log(output_uri)]
+    print(f"\n[preempt restart={restart}] epochs {epochs}, seconds between epoch ends "
+          f"{[round(b - a, 2) for a, b in zip(finished, finished[1:])]}, resumed_from_epoch "
           f"{metrics['train']['resumed_from_epoch']}, creates {len(creates)}, {outcome.seconds:.1f}s")
 
 
