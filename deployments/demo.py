@@ -1,24 +1,33 @@
 """`make demo`: the whole product, offline, on this machine.
 
 Starts fake-gcs-server, the Vertex emulator, a Prefect server (SQLite under .finsent/) and the deployment runner,
-then runs `prefect deployment run train/vertex --watch`, prints both models' metrics and the UI address, and stops
-everything it started (KEEP_UI=1 keeps the Prefect server up). Exit code 0 only when the flow run completed.
+starts a run of train/vertex and follows it: its state changes and flow-run log lines (each model's job states,
+one line per epoch, the trainer's own lines) as they reach the Prefect API, then both models' metrics and the UI
+address; it stops everything it started (KEEP_UI=1 keeps the Prefect server up). Exit code 0 only when the flow
+run completed; a failed run's error is its last line.
+
+A user's settings: FINSENT_DEMO_CONFIG=my.json (`make demo CONFIG=my.json`) is merged over
+deployments/emulators.json (objects key by key, lists and values replaced) and validated before anything starts.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from deployments.serve import config_from_env, read_config_files
 from emulators._proc import free_port, kill_group, wait_http_ready
 from emulators.gcs import FakeGcs
 from emulators.vertex import VertexEmulator
+from tasks.config import PipelineConfig
+from tasks.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".finsent"
@@ -49,52 +58,163 @@ def _wait_for_deployment(env: dict, name: str, runner: subprocess.Popen, timeout
     raise RuntimeError(f"deployment {name} did not appear within {timeout:.0f}s; see .finsent/runner.log")
 
 
-def _print_results(env: dict, flow_run_id: str) -> bool:
-    """Print the flow run's metrics artifact; True when the run completed."""
-    api = env["PREFECT_API_URL"]
-
-    def post(path: str, body: dict):
-        request = urllib.request.Request(
-            f"{api}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
-
-    with urllib.request.urlopen(f"{api}/flow_runs/{flow_run_id}", timeout=30) as response:
-        run = json.loads(response.read())
-    state = run["state"]["type"]
-    _say(f"flow run {run['name']} ({flow_run_id}) ended {state}")
-    artifacts = post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
-    for artifact in artifacts:
-        if artifact["key"] == "finsent-metrics":
-            rows = json.loads(artifact["data"]) if isinstance(artifact["data"], str) else artifact["data"]
-            print("\nmodel  test_accuracy  test_macro_f1  epochs  train_seconds")
-            for row in rows:
-                print(
-                    f"{row['model']:<6} {row['test_accuracy']:>13.4f} {row['test_macro_f1']:>14.4f} "
-                    f"{row['epochs']!s:>7} {row['train_seconds']:>14}"
-                )
-        if artifact["key"] == "finsent-summary":
-            print("\n" + artifact["data"] + "\n")
-    return state == "COMPLETED"
+# --- following a flow run: pure formatting ----------------------------------------------------------------------
+def _clock(when: datetime) -> str:
+    return when.astimezone().strftime("%H:%M:%S")
 
 
-def run_and_report(env: dict, port: int, how: str = "") -> int:
-    """`prefect deployment run train/vertex --watch`, then the metrics; 0 only when the flow run completed."""
+def format_log(level: int, message: str, when: datetime, task: str | None = None) -> str | None:
+    """One terminal line for a flow-run log record (`task`: the name of its task run, e.g. train-lstm), or None for
+    DEBUG (Prefect's own chatter; the UI has it).
+
+    A traceback (the engine logs a failed task's in full) is cut to its first and last lines: the last one is the
+    error a user acts on; the whole text stays in the UI's log."""
+    if level < logging.INFO:
+        return None
+    lines = [line for line in message.splitlines() if line.strip()] or [""]
+    if len(lines) > 2 and any(line.startswith("Traceback (most recent call last)") for line in lines):
+        lines = [lines[0], "... " + lines[-1].strip()]
+    text = "\n         ".join(lines)
+    prefix = f"{_clock(when)} " + (f"{task} | " if task else "")
+    return prefix + (text if level == logging.INFO else f"{logging.getLevelName(level)}: {text}")
+
+
+def format_state(name: str, message: str | None, when: datetime) -> str:
+    """The flow run's state change, e.g. `12:00:01 flow run -> Running`."""
+    return f"{_clock(when)} flow run -> {name}" + (f": {message}" if message and name != "Running" else "")
+
+
+METRIC_COLUMNS = (("model", "<6", "s"), ("test_accuracy", ">13", ".4f"), ("test_macro_f1", ">13", ".4f"),
+                  ("epochs", ">6", ""), ("train_seconds", ">13", ""), ("cost_usd", ">8", ".4f"))
+
+
+def metrics_table(rows: list[dict]) -> str:
+    """The finsent-metrics artifact as terminal text; cost_usd only when the rows have it."""
+    columns = [c for c in METRIC_COLUMNS if any(c[0] in row for row in rows)]
+    head = " ".join(f"{name:{align}}" for name, align, _ in columns)
+
+    def cell(value, align: str, fmt: str) -> str:
+        if value is None:
+            return f"{'-':{align}}"
+        return f"{value:{align}{fmt}}" if fmt and isinstance(value, int | float) else f"{value!s:{align}}"
+
+    body = [" ".join(cell(row.get(name), align, fmt) for name, align, fmt in columns) for row in rows]
+    return "\n".join([head, *body])
+
+
+# --- following a flow run: the API edge --------------------------------------------------------------------------
+class RunFollower:
+    """A flow run's state changes and log lines, each returned once, in timestamp order, as they reach the API.
+
+    Logs reach the server in batches (every ~2 s from each process), so one poll can bring a line older than the
+    newest one already shown: each poll reads back `lookback` before the newest line seen and drops the ids seen."""
+
+    def __init__(self, client, flow_run_id, lookback: timedelta = timedelta(seconds=30)):
+        self.client, self.flow_run_id, self.lookback = client, flow_run_id, lookback
+        self._seen: set = set()
+        self._newest: datetime | None = None
+        self._task_names: dict = {}
+
+    def _task_name(self, task_run_id) -> str | None:
+        if task_run_id is not None and task_run_id not in self._task_names:  # a new task run: read its name once
+            from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+            runs = self.client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+                any_=[self.flow_run_id])))
+            self._task_names |= {run.id: run.name for run in runs}
+        return self._task_names.get(task_run_id)
+
+    def _new_logs(self) -> list:
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterTimestamp
+        from prefect.client.schemas.sorting import LogSort
+
+        after = self._newest - self.lookback if self._newest else None
+        log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[self.flow_run_id]),
+                               timestamp=LogFilterTimestamp(after_=after))
+        found, offset = [], 0
+        while True:  # the API answers at most 200 logs per request (PREFECT_API_DEFAULT_LIMIT)
+            page = self.client.read_logs(log_filter=log_filter, limit=200, offset=offset, sort=LogSort.TIMESTAMP_ASC)
+            found += page
+            offset += len(page)
+            if len(page) < 200:
+                return found
+
+    def poll(self) -> tuple[list[tuple[datetime, str]], object]:
+        """(new (timestamp, terminal line)s in timestamp order, the flow run's current state)."""
+        events = []
+        for state in self.client.read_flow_run_states(self.flow_run_id):
+            if state.id not in self._seen:
+                self._seen.add(state.id)
+                events.append((state.timestamp, format_state(state.name, state.message, state.timestamp)))
+        for log in self._new_logs():
+            if log.id not in self._seen:
+                self._seen.add(log.id)
+                self._newest = max(self._newest or log.timestamp, log.timestamp)
+                task = self._task_name(log.task_run_id) if log.level >= logging.INFO else None
+                if line := format_log(log.level, log.message, log.timestamp, task):
+                    events.append((log.timestamp, line))
+        events.sort(key=lambda event: event[0])
+        return events, self.client.read_flow_run(self.flow_run_id).state
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def follow(client, flow_run_id, emit=_print, interval: float = 2.0, hold: float = 3.0, settle: float = 5.0):
+    """Print the run's lines until it is final and no new line came for `settle` s; returns the final state.
+
+    A line is printed once it is `hold` s old, in timestamp order: a process sends its logs every ~2 s
+    (PREFECT_LOGGING_TO_API_BATCH_INTERVAL), so a task's last lines can reach the API after the state change that
+    followed them; `settle` because the flow process sends its last batch after it has set the final state."""
+    follower = RunFollower(client, flow_run_id)
+    pending: list[tuple[datetime, str]] = []
+    quiet_since = None
+    while True:
+        events, state = follower.poll()
+        pending = sorted(pending + events, key=lambda event: event[0])
+        done = False
+        if state is not None and state.is_final():
+            quiet_since = time.monotonic() if events or quiet_since is None else quiet_since
+            done = time.monotonic() - quiet_since >= settle
+        horizon = datetime.now(timezone.utc) - timedelta(seconds=hold)
+        while pending and (done or pending[0][0] <= horizon):
+            emit(pending.pop(0)[1])
+        if done:
+            return state
+        time.sleep(interval)
+
+
+def _artifacts(client, flow_run_id) -> dict:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+        any_=[flow_run_id])))
+    return {artifact.key: artifact.data for artifact in found if artifact.key}
+
+
+def run_and_report(env: dict, port: int | None, how: str = "", deployment: str = "train/vertex") -> int:
+    """Start a run of `deployment`, print its state changes and log lines as they come, then the metrics table;
+    0 only when the run completed. A failed run's state message (its error) is the last line."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.objects import StateType
+
     started = time.monotonic()
-    run = subprocess.run(
-        [str(BIN / "prefect"), "deployment", "run", "train/vertex", "--watch", "--watch-interval", "5"],
-        env=env, capture_output=True, text=True, cwd=REPO,
-    )  # fmt: skip
-    if run.returncode != 0:
-        print(run.stdout[-4000:], run.stderr[-2000:], sep="\n")
-    flow_run_id = next((line.split("UUID:")[1].strip() for line in run.stdout.splitlines() if "UUID:" in line), None)
-    if flow_run_id is None:
-        _say("could not start the flow run")
+    with SyncPrefectClient(env["PREFECT_API_URL"]) as client:
+        flow_run = client.create_flow_run_from_deployment(client.read_deployment_by_name(deployment).id)
+        _say(f"flow run {flow_run.name} ({flow_run.id}) of {deployment}; following its logs")
+        state = follow(client, flow_run.id)
+        artifacts = _artifacts(client, flow_run.id)
+    if (rows := artifacts.get("finsent-metrics")) is not None:
+        print("\n" + metrics_table(json.loads(rows) if isinstance(rows, str) else rows))
+    if summary := artifacts.get("finsent-summary"):
+        print("\n" + summary + "\n")
+    ui = f"; UI: http://127.0.0.1:{port}/runs/flow-run/{flow_run.id}" if port else ""
+    _say(f"flow run {flow_run.name} ended {state.name} after {time.monotonic() - started:.0f}s{how}{ui}")
+    if state.type != StateType.COMPLETED:
+        _say(f"error: {state.message or state.name}")
         return 1
-    completed = _print_results(env, flow_run_id)
-    _say(f"flow run took {time.monotonic() - started:.0f}s{how}; UI: http://127.0.0.1:{port}")
-    return 0 if completed and run.returncode == 0 else 1
+    return 0
 
 
 def stop_server(server: subprocess.Popen | None, keep_ui: bool) -> None:
@@ -121,24 +241,56 @@ def demo_env(prefect_home: Path, port: int) -> dict:
     return env
 
 
+def _is_local(uri: str) -> bool:
+    return "://" not in uri
+
+
+def demo_settings(env: dict) -> tuple[dict, PipelineConfig]:
+    """The FINSENT_* settings of the demo's runner (or `prefect deploy`) and the config they give, validated now,
+    before any service starts; raises ConfigError with one line naming the user's file.
+
+    deployments/emulators.json, with FINSENT_DEMO_CONFIG's file merged over it (serve's `read_config_files`, the
+    code every path reads FINSENT_CONFIG with). A data.uri in the user's file wins over the Makefile's
+    FINSENT_DATA_URI (the shared Financial PhraseBank copy); a relative one is read from the file's folder."""
+    settings = {"FINSENT_CONFIG": str(DEMO_CONFIG)}
+    user = env.get("FINSENT_DEMO_CONFIG")
+    if user:
+        path = Path(user).expanduser().resolve()
+        overlay = read_config_files(str(path))
+        settings["FINSENT_CONFIG"] += os.pathsep + str(path)
+        uri = overlay.get("data", {}).get("uri") if isinstance(overlay.get("data"), dict) else None
+        if isinstance(uri, str):
+            settings["FINSENT_DATA_URI"] = str(path.parent / uri) if _is_local(uri) else uri
+    try:
+        cfg = config_from_env(env | settings)
+    except ConfigError as exc:
+        raise ConfigError(f"{user} (merged over {DEMO_CONFIG.relative_to(REPO)}): {exc}" if user else str(exc)) \
+            from None
+    if _is_local(cfg.data.uri) and not (REPO / cfg.data.uri).exists():
+        where = f"data.uri of {user}" if user and "FINSENT_DATA_URI" in settings else "FINSENT_DATA_URI"
+        raise ConfigError(f"{where}: {cfg.data.uri} does not exist")
+    return settings, cfg
+
+
 def main() -> int:
     STATE.mkdir(exist_ok=True)
     keep_ui = os.environ.get("KEEP_UI") == "1"
     port = int(os.environ.get("PREFECT_PORT", "0")) or free_port()
     env = demo_env(STATE / "prefect", port)
+    try:
+        settings, cfg = demo_settings(env)
+    except ConfigError as exc:
+        print(f"finsent: error: {exc}", file=sys.stderr)
+        return 2
+    env |= settings
     processes: list[subprocess.Popen] = []
     server = None
     try:
         with FakeGcs() as gcs, VertexEmulator(gcs_endpoint=gcs.endpoint) as vertex:
-            cfg = json.loads(DEMO_CONFIG.read_text())
-            gcs.create_bucket(cfg["bucket"])
-            env |= {
-                "STORAGE_EMULATOR_HOST": gcs.endpoint,
-                "FINSENT_VERTEX_ENDPOINT": vertex.endpoint,
-                "FINSENT_CONFIG": str(DEMO_CONFIG),
-            }
+            gcs.create_bucket(cfg.bucket)
+            env |= {"STORAGE_EMULATOR_HOST": gcs.endpoint, "FINSENT_VERTEX_ENDPOINT": vertex.endpoint}
             _say(f"GCS emulator {gcs.endpoint}, Vertex emulator {vertex.endpoint}")
-            _say(f"data: {env.get('FINSENT_DATA_URI') or 'the public Financial PhraseBank zip'}")
+            _say(f"settings: {' + '.join(env['FINSENT_CONFIG'].split(os.pathsep))}; data: {cfg.data.uri}")
             server = _start(
                 [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, "server.log"
             )
@@ -147,7 +299,6 @@ def main() -> int:
             runner = _start([sys.executable, "-m", "deployments.serve"], env, "runner.log")
             processes.append(runner)
             _wait_for_deployment(env, "train/vertex", runner)
-            _say("prefect deployment run train/vertex --watch")
             return run_and_report(env, port)
     finally:
         for process in processes:

