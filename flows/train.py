@@ -1,8 +1,9 @@
 """Flow `train`: fetch -> package -> upload -> train -> report.
 
 Only puts tasks in order. Everything that can fail on bad settings or bad data fails before the first upload; the
-model jobs run concurrently; a cancelled flow run cancels its Vertex jobs (tasks/training.py). One storage client
-serves the whole run.
+model jobs run concurrently; a cancelled flow run cancels its Vertex jobs (tasks/training.py). A sweep's trials run
+alongside as their own jobs and the winner stands for its model (tasks/sweep_jobs.py). One storage client serves the
+whole run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tasks.inputs import find_trained, inputs_key, mark_trained, upload_inputs
 from tasks.layout import BucketLayout
 from tasks.packaging import package_trainer
 from tasks.report import report_results, report_skipped
+from tasks.sweep_jobs import TrialWindow, report_trials
 from tasks.training import cancel_vertex_jobs, train_models
 from tasks.wandb_secret import wandb_env
 
@@ -55,7 +57,10 @@ def train(config: PipelineConfig, force: bool = False, run_key: str | None = Non
         return {"skipped": True, "inputs_key": key, "previous": previous}
 
     uploads = upload_inputs(storage, layout, prepared, package)
-    outcomes = train_models(cfg, layout, uploads, run_key=run_key, env=env)
+    trials = TrialWindow.of(cfg, layout, uploads, run_key=run_key, env=env)  # None without a sweep
+    outcomes = train_models(cfg, layout, uploads, run_key=run_key, env=env, trials=trials)
+    if trials:
+        outcomes[trials.model] = report_trials(cfg, storage, layout, trials.results())
     summary = report_results(
         cfg, storage, layout, outcomes, inputs_key=key, data_fingerprint=prepared.fingerprint,
         trainer_sha256=package.sha256, run_key=run_key,

@@ -24,6 +24,7 @@ from trainer.errors import ConfigError as TrainerConfigError
 from tasks.catalog import FLEX_START_GPUS, TRAINING_REGIONS, gpus_for_machine, machine_family, past_end_of_availability, prebuilt_image_end
 from tasks.image import default_image_uri
 from tasks.pricing import UnknownPrice, describe, hourly_usd, worst_case_usd
+from tasks.sweep import Sweep, Trial
 
 ModelName = Literal[trainer_params.MODELS]  # type: ignore[valid-type]
 LABELS = ("negative", "neutral", "positive")
@@ -162,6 +163,11 @@ class PipelineConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     poll: PollConfig = Field(default_factory=PollConfig)
+    sweep: Sweep | None = Field(
+        None,
+        description="A hyper-parameter sweep of one of `models` (tasks/sweep.py): one Vertex job per trial "
+        "instead of that model's single job, the winner by validation macro-F1; the other models train once.",
+    )
 
     machine_type: str = "n1-standard-8"
     accelerator_type: str | None = "NVIDIA_TESLA_T4"
@@ -319,6 +325,22 @@ class PipelineConfig(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _sweep_trials_valid(self) -> PipelineConfig:
+        """Every trial's params pass the trainer's validation now, not when its job starts."""
+        if self.sweep is not None:
+            if self.sweep.model not in self.models:
+                raise ValueError(f"sweep.model {self.sweep.model} is not in models ({', '.join(self.models)}); "
+                                 "add it to models")
+            self.sweep_trials()
+        return self
+
+    def sweep_trials(self) -> list[Trial]:
+        """The sweep's trials over this config's params of the swept model ([] without a sweep)."""
+        if self.sweep is None:
+            return []
+        return self.sweep.expand(self.params[self.sweep.model].model_dump())
+
     # --- derived names (pure) ---------------------------------------------------------------------------------
     @property
     def base_uri(self) -> str:
@@ -350,5 +372,6 @@ def parse_config(raw: dict | PipelineConfig) -> PipelineConfig:
         for err in exc.errors():
             where = ".".join(str(part) for part in err["loc"])
             message = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{where}: {message}" if where else message)
+            # a message that already names its field (e.g. "sweep.grid.lr: ...") is not prefixed twice
+            problems.append(f"{where}: {message}" if where and not message.startswith(where) else message)
         raise ConfigError("invalid finsent config: " + "; ".join(problems)) from None

@@ -37,6 +37,8 @@ def inputs_key(cfg: PipelineConfig, data_fingerprint: str, trainer_sha256: str) 
         "machine": [cfg.machine_type, cfg.accelerator_type, cfg.accelerator_count,
                     cfg.container_image_uri or f"{IMAGE_NAME}:{image_tag()}"],
     }
+    if cfg.sweep is not None:  # absent without one, so the keys of runs without a sweep stay what they were
+        training["sweep"] = cfg.sweep.model_dump(exclude={"parallel"})  # how many at once changes no model
     blob = json.dumps([data_fingerprint, trainer_sha256, training], sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:32]
 

@@ -53,6 +53,10 @@ class BucketLayout:
         """One model's job base output directory; Vertex puts `model/` and `checkpoints/` under it."""
         return self._run_output(run_label(run_key), model)
 
+    def trial_output(self, run_key: str, model: str, trial: str) -> str:
+        """One sweep trial's job base output directory (tasks/sweep.py), under the model's folder."""
+        return self._uri("runs", run_label(run_key), model, "trials", trial)
+
     def _run_output(self, run_label: str, model: str) -> str:
         return self._uri("runs", run_label, model)
 

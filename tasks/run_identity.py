@@ -11,10 +11,12 @@ import hashlib
 LABEL_RUN = "finsent-run"
 LABEL_MODEL = "finsent-model"
 LABEL_ATTEMPT = "finsent-attempt"
+# A sweep trial's id (tasks/sweep.py, e.g. "t0-f95009"): each trial of a model is its own job, found by it.
+LABEL_TRIAL = "finsent-trial"
 # The Prefect flow run that created (and watches) the job: how the orphan reaper finds whether anyone still does.
 # Not part of the job's identity: a rerun with the same run key (a new flow run) reattaches to the same job.
 LABEL_FLOW_RUN = "finsent-flow-run"
-IDENTITY_LABELS = (LABEL_RUN, LABEL_MODEL, LABEL_ATTEMPT)
+IDENTITY_LABELS = (LABEL_RUN, LABEL_MODEL, LABEL_ATTEMPT, LABEL_TRIAL)
 
 MAX_LABEL_LENGTH = 63
 DIGEST_HEX = 10  # 40 bits of sha256: two run keys share a label with odds of about 1 in 10^12
@@ -40,9 +42,13 @@ def run_labels(run_key: str) -> dict[str, str]:
     return {LABEL_RUN: run_label(run_key)}
 
 
-def job_labels(run_key: str, model: str, attempt: int, flow_run_id: str | None = None) -> dict[str, str]:
-    """A job's labels: its identity (run, model, attempt) and, when a flow run creates it, that flow run."""
+def job_labels(run_key: str, model: str, attempt: int, flow_run_id: str | None = None, trial: str | None = None
+               ) -> dict[str, str]:  # fmt: skip
+    """A job's labels: its identity (run, model, attempt, and a sweep's trial) and, when a flow run creates it,
+    that flow run."""
     labels = run_labels(run_key) | {LABEL_MODEL: model, LABEL_ATTEMPT: str(attempt)}
+    if trial:
+        labels[LABEL_TRIAL] = trial  # already a valid label value (tasks/sweep.py Trial.trial_id)
     if flow_run_id:
         labels[LABEL_FLOW_RUN] = label_value(flow_run_id)
     return labels

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prefect import get_client, get_run_logger, task
 from prefect.exceptions import TerminationSignal
 from prefect.futures import wait
@@ -13,12 +15,17 @@ from tasks.inputs import UploadedInputs
 from tasks.layout import BucketLayout
 from tasks.run_identity import run_labels
 
+if TYPE_CHECKING:
+    from tasks.sweep_jobs import TrialWindow
+
 
 def train_models(
-    cfg: PipelineConfig, layout: BucketLayout, uploads: UploadedInputs, *, run_key: str, env: dict[str, str]
+    cfg: PipelineConfig, layout: BucketLayout, uploads: UploadedInputs, *, run_key: str, env: dict[str, str],
+    trials: TrialWindow | None = None,
 ) -> dict[str, vertex.JobOutcome]:
     """The flow's train step: one `train_model` task per model, concurrently; on SIGTERM the jobs are cancelled
-    only if the run was cancelled.
+    only if the run was cancelled. With a sweep, `trials` (tasks/sweep_jobs.py) runs the swept model's trial jobs
+    alongside, topped up from this loop; that model has no single job, and its outcome comes from the trials.
 
     Waits in short slices: a blocking `future.result()` is not interrupted by SIGTERM, so a cancelled run would only
     notice when its jobs ended (and Prefect's runner runs on_cancellation hooks only after the process exits).
@@ -29,9 +36,12 @@ def train_models(
             output_uri=layout.run_output(run_key, model), run_key=run_key, env=env,
         )  # fmt: skip
         for model in cfg.models
+        if trials is None or model != trials.model
     }
     try:
-        while wait(list(futures.values()), timeout=0.5).not_done:
+        while wait(list(futures.values()) + (trials.top_up() if trials else []), timeout=0.5).not_done or (
+            trials and not trials.done
+        ):  # fmt: skip
             pass
         return {model: future.result() for model, future in futures.items()}
     except TerminationSignal:
@@ -49,12 +59,14 @@ def train_model(
     output_uri: str,
     run_key: str,
     env: dict[str, str],
+    trial: str | None = None,
 ) -> vertex.JobOutcome:
-    """One Vertex CustomJob for one model, watched to the end; `output_uri` is the model's folder in the layout.
-    The job is labelled with this flow run's id, so the orphan reaper can tell whether anyone still watches it."""
+    """One Vertex CustomJob for one model, watched to the end; `output_uri` is the model's folder in the layout
+    (or a sweep `trial`'s, tasks/sweep_jobs.py). The job is labelled with this flow run's id, so the orphan reaper
+    can tell whether anyone still watches it."""
     request = vertex.JobRequest(
         model, package_uri=package_uri, data_uri=data_uri, output_uri=output_uri, run_key=run_key, env=env,
-        flow_run_id=current_flow_run.id,
+        flow_run_id=current_flow_run.id, trial=trial,
     )  # fmt: skip
     return vertex.JobRunner(cfg, log=get_run_logger().info).run(request)
 

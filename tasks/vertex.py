@@ -114,6 +114,12 @@ class JobRequest:
     run_key: str
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # may hold the wandb key: never printed
     flow_run_id: str | None = None  # the Prefect flow run that creates and watches the job (label finsent-flow-run)
+    trial: str | None = None  # a sweep trial's id (tasks/sweep.py): its own job, labelled finsent-trial
+
+    @property
+    def tag(self) -> str:
+        """How the logs name the job: the model, and the trial of a sweep (`lstm/t0-f95009`)."""
+        return f"{self.model}/{self.trial}" if self.trial else self.model
 
 
 def build_custom_job(cfg: PipelineConfig, request: JobRequest, *, attempt: int = 1) -> dict:
@@ -126,10 +132,15 @@ def build_custom_job(cfg: PipelineConfig, request: JobRequest, *, attempt: int =
     job_env = {PACKAGE_URIS_ENV: request.package_uri, "WANDB_PROJECT": cfg.wandb.project} | dict(request.env)
     if cfg.wandb.secret_manager_ref:
         job_env["WANDB_API_KEY_SECRET"] = cfg.wandb.secret_manager_ref
-    display_name = f"finsent-{model}-{run_label(request.run_key)}-a{attempt}"  # <= 80 of Vertex's 128 characters
+    # CustomJob.displayName "can be up to 128 characters long"; label "keys and values can be no longer than 64
+    # characters (Unicode codepoints), can only contain lowercase letters, numeric characters, underscores and
+    # dashes" (https://cloud.google.com/vertex-ai/docs/reference/rest/v1/projects.locations.customJobs). Here at
+    # most 8 + 4 + 1 + 63 + 11 (a trial, "-t99-abcdef") + 4 = 91 characters; every label value is <= 63 (run_identity).
+    trial = f"-{request.trial}" if request.trial else ""
+    display_name = f"finsent-{model}-{run_label(request.run_key)}{trial}-a{attempt}"
     job: dict = {
         "display_name": display_name,
-        "labels": job_labels(request.run_key, model, attempt, request.flow_run_id),
+        "labels": job_labels(request.run_key, model, attempt, request.flow_run_id, request.trial),
         "job_spec": {
             "worker_pool_specs": [
                 {
@@ -448,7 +459,9 @@ class JobRunner:
 
         def reattach_or_create() -> aiplatform_v1.CustomJob:
             nonlocal create_sent
-            existing = self.find(identity(job["labels"]))
+            # exactly this identity: a model's single job must not reattach to one of its sweep trials' jobs
+            wanted = identity(job["labels"])
+            existing = [found for found in self.find(wanted) if identity(dict(found.labels)) == wanted]
             if existing:
                 found = existing[0]
                 if create_sent:
@@ -630,20 +643,20 @@ class JobRunner:
         """Submit (or reattach to) the model's job, watch it to the end, and resubmit as the policy decides."""
         from tasks.cloud_logging import job_log_printer  # google.cloud.logging, imported only by a run that watches
 
-        model, started, attempt = request.model, time.monotonic(), 1
+        model, tag, started, attempt = request.model, request.tag, time.monotonic(), 1
         if self.max_cost_usd is not None:
             self._hourly_usd(self.max_cost_usd)  # an unpriced job is refused before it is created
         ran_before = 0.0  # RUNNING seconds of this model's earlier attempts: the budget covers them all
         while True:
             job = self.submit(build_custom_job(self.cfg, request, attempt=attempt))
-            self.log(f"[{model}] Vertex job {job.name}: {console_url(self.cfg, job.name)}")
+            self.log(f"[{tag}] Vertex job {job.name}: {console_url(self.cfg, job.name)}")
             seen: set[JobState] = set()
 
             def report(update: aiplatform_v1.CustomJob, elapsed: float) -> None:
                 seen.add(update.state)
-                self.log(f"[{model}] {JobState(update.state).name} after {elapsed:.0f}s")
+                self.log(f"[{tag}] {JobState(update.state).name} after {elapsed:.0f}s")
 
-            log_lines = job_log_printer(self.cfg, model, job.name, self.log, more_at=console_url(self.cfg, job.name))
+            log_lines = job_log_printer(self.cfg, tag, job.name, self.log, more_at=console_url(self.cfg, job.name))
             done = self.watch(job.name, on_update=report, on_poll=log_lines, prior_running_seconds=ran_before)
             ran_before += running_seconds(done, datetime.now(timezone.utc))
             if done.state == JobState.JOB_STATE_SUCCEEDED:
@@ -661,7 +674,7 @@ class JobRunner:
             if isinstance(decision, GiveUp):
                 raise decision.error
             self.log(
-                f"[{model}] infrastructure failure, resubmitting with resume (attempt {attempt + 1}) "
+                f"[{tag}] infrastructure failure, resubmitting with resume (attempt {attempt + 1}) "
                 f"in {decision.after_seconds:.0f}s: {decision.reason}"
             )
             time.sleep(decision.after_seconds)

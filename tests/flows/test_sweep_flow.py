@@ -1,0 +1,125 @@
+"""A hyper-parameter sweep through the flow `train`: Prefect + fake-gcs-server + the Vertex emulator, each trial a
+real (tiny) training job. The proof of issue 13's "Sweeps": 4 trials with parallel 2 are 4 jobs, never more than 2
+RUNNING at once by the emulator's own state timestamps, a trials table of 4 rows, the winner by validation
+macro-F1, and a forced rerun with the same run key creates no job."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+from emulators.sample_data import KAGGLE_CSV, write_phrasebank_sample
+from flows.train import train
+from tasks.config import parse_config
+from tasks.layout import BucketLayout
+from tasks.run_identity import LABEL_RUN, LABEL_TRIAL, run_label
+from tasks.sweep_jobs import limit_name
+from tests.emulators.emulator_testkit import read_gcs_text
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+RUNNING, ENDED = "JOB_STATE_RUNNING", {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
+
+
+@pytest.fixture(scope="module")
+def small_csv(tmp_path_factory):
+    """90 real PhraseBank sentences (30 per class): enough for a stratified split with every class in each part."""
+    if not KAGGLE_CSV.exists():
+        pytest.skip(f"{KAGGLE_CSV} is not there (the data set is read from ../shared, never committed)")
+    return write_phrasebank_sample(tmp_path_factory.mktemp("sweep-data") / "sample.csv", per_class=30)
+
+
+@pytest.fixture
+def sweep_config(flow_config, small_csv):
+    """The emulator config of tests/flows/conftest.py, BiLSTM only, as small as still trains; a 2 x 2 grid."""
+    lstm = {"epochs": 1, "batch_size": 16, "max_seq_len": 16, "buckets": [16], "pretrained": None,
+            "lstm_embeddings": "learned", "lstm_vocab_size": 100, "lstm_embedding_dim": 8, "lstm_units": 4}
+    return flow_config | {
+        # a project of its own: the sweep's concurrency limit is named by project, region and GPU
+        "project": f"sweep-{uuid.uuid4().hex[:8]}",
+        "models": ["lstm"],
+        "params": {"lstm": lstm},
+        "data": {"uri": str(small_csv)},
+        "sweep": {"model": "lstm", "grid": {"learning_rate": [0.003, 0.03], "dropout": [0.0, 0.5]}, "parallel": 2},
+    }
+
+
+def _time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def most_running_at_once(jobs: list[dict]) -> int:
+    """The most jobs RUNNING at one instant, from each job's state history (first RUNNING to its end)."""
+    events = []
+    for job in jobs:
+        history = job["emulator"]["stateHistory"]
+        start = next(_time(h["time"]) for h in history if h["state"] == RUNNING)
+        end = next(_time(h["time"]) for h in history if h["state"] in ENDED)
+        events += [(start, 1), (end, -1)]
+    running = most = 0
+    for _, step in sorted(events, key=lambda e: (e[0], e[1])):  # an end before a start at the same instant
+        running += step
+        most = max(most, running)
+    return most
+
+
+def _trials_table(flow_run_id) -> list[dict]:
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=["finsent-trials-lstm"])))
+    return artifact.data if isinstance(artifact.data, list) else json.loads(artifact.data)
+
+
+def _creates(admin) -> int:
+    return sum(1 for r in admin.requests() if r["method"] == "create")
+
+
+def test_a_four_trial_sweep_runs_two_at_a_time_and_reports_the_validation_winner(sweep_config, vertex_admin,
+                                                                                 gcs_bucket):
+    cfg = parse_config(sweep_config)
+    run_key = f"sweep-{uuid.uuid4().hex[:8]}"
+    state = train(config=cfg, run_key=run_key, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+
+    jobs = [job for job in vertex_admin.jobs() if job.get("labels", {}).get(LABEL_RUN) == run_label(run_key)]
+    trial_ids = [t.trial_id for t in cfg.sweep_trials()]
+    assert _creates(vertex_admin) == 4 and len(jobs) == 4, "one Vertex job per trial, no single lstm job"
+    assert sorted(job["labels"][LABEL_TRIAL] for job in jobs) == sorted(trial_ids)
+    assert all(job["state"] == "JOB_STATE_SUCCEEDED" for job in jobs)
+    assert len({job["jobSpec"]["baseOutputDirectory"]["outputUriPrefix"] for job in jobs}) == 4, "own folders"
+    # parallel 2: two trials did run together, and never a third (the emulator itself has no limit here)
+    assert most_running_at_once(jobs) == 2
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(limit_name(cfg)).limit == 2, "created with parallel"
+
+    # the winner: best validation macro-F1 of the trials' own metrics.json (ties: the first trial)
+    layout = BucketLayout.of(cfg)
+    metrics = {tid: json.loads(read_gcs_text(layout.metrics(layout.trial_output(run_key, "lstm", tid))))
+               for tid in trial_ids}  # fmt: skip
+    winner = max(trial_ids, key=lambda tid: (metrics[tid]["validation"]["macro_f1"], -trial_ids.index(tid)))
+    table = _trials_table(state.state_details.flow_run_id)
+    assert [row["trial"] for row in table] == trial_ids
+    assert [row["trial"] for row in table if row["winner"]] == [winner]
+    for row in table:
+        assert row["validation_macro_f1"] == pytest.approx(metrics[row["trial"]]["validation"]["macro_f1"], abs=1e-4)
+        assert row["test_macro_f1"] == pytest.approx(metrics[row["trial"]]["test"]["macro_f1"], abs=1e-4)
+        assert row["epochs"] == 1 and row["seconds"] > 0 and row["state"] == "SUCCEEDED"
+    # only the winner's test figures are the model's result, and they feed the champion rule
+    (row,) = result["metrics"]
+    assert row["model"] == "lstm"
+    assert row["test_macro_f1"] == pytest.approx(metrics[winner]["test"]["macro_f1"], abs=1e-4)
+    assert row["validation_macro_f1"] == pytest.approx(metrics[winner]["validation"]["macro_f1"], abs=1e-4)
+
+    # The same run key again, forced past the unchanged-inputs skip: every trial reattaches, no job is created.
+    vertex_admin.clear_requests()
+    again = train(config=cfg, run_key=run_key, force=True, return_state=True)
+    assert again.is_completed(), again.message
+    assert _creates(vertex_admin) == 0
+    assert again.result()["metrics"] == result["metrics"]
+    assert [r["trial"] for r in _trials_table(again.state_details.flow_run_id) if r["winner"]] == [winner]
