@@ -86,7 +86,8 @@ def check_metrics_shape(m: dict, model: str, n_test: int, backend: str = "jax") 
     assert cm.sum() == n_test
     assert [m["test"]["per_class"][k]["support"] for k in LABELS] == cm.sum(axis=1).tolist()
     assert m["test"]["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
-    assert set(m["train"]) == {"epochs_run", "seconds", "samples_per_second", "resumed_from_epoch"}
+    assert set(m["train"]) == {"epochs_run", "seconds", "samples_per_second", "resumed_from_epoch", "history"}
+    assert [e["epoch"] for e in m["train"]["history"]] == list(range(1, m["train"]["epochs_run"] + 1))
     assert m["train"]["samples_per_second"] > 0
     assert m["environment"]["backend"] == backend and m["environment"]["device"] == "cpu"
     assert {"keras", "keras_hub"} <= set(m["environment"]["versions"])

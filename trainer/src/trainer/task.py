@@ -88,8 +88,13 @@ def resolve_precision(requested: str) -> str:
         return "mixed_float16"
 
 
-def _environment(precision: str) -> dict:
+def _environment(precision: str, topology) -> dict:
+    """The backend, versions and device kind, and what trained (trainer.distribute: devices per replica, replicas,
+    global batch, distribution)."""
     import keras
+
+    from trainer import distribute
+
     import keras_hub
     import numpy
 
@@ -101,7 +106,7 @@ def _environment(precision: str) -> dict:
     if backend_version:
         versions[backend] = backend_version
     device = "gpu" if any(d.lower().startswith(("gpu", "cuda")) for d in devices) else "cpu"
-    return {"backend": backend, "device": device, "versions": versions}
+    return {"backend": backend, "device": device, "versions": versions, **distribute.describe(topology)}
 
 
 def _setup_logging() -> None:
@@ -134,15 +139,21 @@ def _run(cfg: TrainConfig, splits: dict, work_dir: str) -> dict:
                                             need_weights=cfg.model == "bert" or cfg.lstm_embeddings != "learned")
 
     _default_backend()
+    from trainer import distribute
+
+    cluster = distribute.cluster_from_env()
+    distribute.join(cluster, os.environ["KERAS_BACKEND"])  # before any JAX computation
     import keras
 
     from trainer import data as D
     from trainer.models import build_bert, build_lstm, pretrained_token_embeddings
     from trainer.metrics import classification_report
+    from trainer.progress import history_entry
     from trainer.tracking import Tracker
     from trainer.train import CheckpointStore, predict_logits, train_model
 
-    keras.utils.set_random_seed(cfg.seed)
+    keras.utils.set_random_seed(cfg.seed)  # the same seed on every replica: the same initial weights
+    topology = distribute.setup(cluster, cfg.batch_size)
     precision = resolve_precision(cfg.precision)
     keras.mixed_precision.set_dtype_policy(precision)
     log.info("backend %s, precision %s, devices %s", keras.backend.backend(), precision,
@@ -150,7 +161,7 @@ def _run(cfg: TrainConfig, splits: dict, work_dir: str) -> dict:
 
     export_dir = os.path.join(work_dir, "export")
     os.makedirs(export_dir)
-    store = CheckpointStore(cfg.checkpoint_dir, os.path.join(work_dir, "checkpoints")) \
+    store = CheckpointStore(cfg.checkpoint_dir, os.path.join(work_dir, "checkpoints"), writer=cluster.is_chief) \
         if cfg.checkpoint_dir else None
     if pretrained_dir is not None:
         tokenizer, vocab_path, lowercase = D.checkpoint_tokenizer(pretrained_dir, cfg.max_seq_len)
@@ -160,6 +171,7 @@ def _run(cfg: TrainConfig, splits: dict, work_dir: str) -> dict:
             vocab_path = D.train_wordpiece_vocab(splits["train"].texts, cfg.lstm_vocab_size,
                                                  os.path.join(work_dir, "vocab"))
         lowercase = True
+        vocab_path = distribute.same_file_everywhere(vocab_path, topology)
         tokenizer = D.load_tokenizer(vocab_path, lowercase, cfg.max_seq_len)
     if store is not None and store.fetch("vocab.txt") is None:
         store.put(vocab_path, "vocab.txt")
@@ -189,10 +201,11 @@ def _run(cfg: TrainConfig, splits: dict, work_dir: str) -> dict:
 
     hyper = dict(cfg.hyperparameters(), precision=precision, buckets=list(buckets),
                  class_weight_values=[round(float(w), 4) for w in class_weights])
-    tracker = Tracker(cfg.wandb_project, cfg.wandb_run_name, cfg.wandb_tags,
+    tracker = Tracker(cfg.wandb_project if cluster.is_chief else None, cfg.wandb_run_name, cfg.wandb_tags,
                       config=dict(hyper, model=cfg.model), work_dir=os.path.join(work_dir, "wandb"))
     try:
-        result = train_model(cfg, model, batches["train"], batches["validation"], store, tracker)
+        result = train_model(cfg, model, batches["train"], batches["validation"], store, tracker,
+                             rows=topology.rows)
 
         reports = {}
         for name in ("test", "validation"):
@@ -202,6 +215,7 @@ def _run(cfg: TrainConfig, splits: dict, work_dir: str) -> dict:
                  reports["test"]["accuracy"], reports["test"]["macro_f1"], reports["validation"]["accuracy"],
                  reports["validation"]["macro_f1"])
 
+        distribute.local_only()  # every replica exports to its own work dir; only the chief publishes it
         # === Export: a model that reloads anywhere (no optimizer state), its vocab and label map ===
         # from_config builds an uncompiled twin: serializing the trained model would carry its compile config,
         # and the saved file AdamW's two moments per weight (3x the size: 1.25 GB instead of 418 MB for BERT-base)
@@ -232,10 +246,16 @@ def _run(cfg: TrainConfig, splits: dict, work_dir: str) -> dict:
                 "seconds": round(train_seconds, 3),
                 "samples_per_second": round(result.samples_trained / train_seconds, 2) if train_seconds else 0.0,
                 "resumed_from_epoch": result.resumed_from_epoch,
+                # per finished epoch, over every process of a resumed run (the checkpoint carries it)
+                "history": [history_entry(entry) for entry in result.history],
             },
-            "environment": _environment(precision),
+            "environment": _environment(precision, topology),
             "hyperparameters": hyper,
         }
+        if not cluster.is_chief:  # workers write nothing to the output: the chief's files are the run's
+            log.info("replica %d of %d: done; the chief publishes the model", cluster.process_id + 1,
+                     cluster.num_processes)
+            return metrics
         _publish(export_dir, cfg.output_dir, metrics)
         tracker.summary({"test/accuracy": metrics["test"]["accuracy"], "test/macro_f1": metrics["test"]["macro_f1"],
                          "wall_seconds": time.time() - _PROCESS_START})

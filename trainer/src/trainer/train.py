@@ -30,6 +30,7 @@ from trainer.config import TrainConfig
 from trainer.data import BucketedBatches
 from trainer.errors import ConfigError
 from trainer.metrics import macro_f1
+from trainer.progress import ProgressRecorder, keras_callback as progress_callback
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
@@ -41,10 +42,13 @@ RUN_ID = uuid.uuid4().hex[:12]
 
 
 class CheckpointStore:
-    """Per-epoch checkpoints in `uri` (local dir or gs://), written through the local dir `local`."""
+    """Per-epoch checkpoints in `uri` (local dir or gs://), written through the local dir `local`. A store that is not
+    the `writer` (a worker replica of a multi-machine run) reads the checkpoint to resume but writes nothing: every
+    replica holds the same weights, and only the chief's copy is the run's."""
 
-    def __init__(self, uri: str, local: str):
+    def __init__(self, uri: str, local: str, writer: bool = True):
         self.uri = uri
+        self.writer = writer
         self.remote = storage.is_gcs(uri)
         self.local = local if self.remote else uri
         os.makedirs(self.local, exist_ok=True)
@@ -85,14 +89,17 @@ class CheckpointStore:
         with open(path) as f:
             return [json.loads(line) for line in f if line.strip()]
 
-    def save(self, model: keras.Model, epoch: int, state: dict, log_entry: dict) -> None:
-        """Write epoch files, then the epoch log, then state.json (the commit point), then drop stale epochs."""
+    def save(self, model: keras.Model, epoch: int, state: dict, log_entry: dict) -> dict:
+        """Write epoch files, then the epoch log, then state.json (the commit point), then drop stale epochs.
+        Returns the committed state (what a non-writer would have committed, without writing it)."""
         rel_dir = f"epoch-{epoch:04d}"
+        state = dict(state, weights=f"{rel_dir}/model.weights.h5",
+                     optimizer_iterations=int(keras.ops.convert_to_numpy(model.optimizer.iterations)))
+        if not self.writer:
+            return state
         local_dir = os.path.join(self.local, rel_dir)
         os.makedirs(local_dir, exist_ok=True)
         model.save_weights(os.path.join(local_dir, "model.weights.h5"))
-        state = dict(state, weights=f"{rel_dir}/model.weights.h5",
-                     optimizer_iterations=int(keras.ops.convert_to_numpy(model.optimizer.iterations)))
         with open(os.path.join(self.local, EPOCH_LOG), "a") as f:
             f.write(json.dumps(log_entry) + "\n")
         tmp_state = os.path.join(self.local, STATE_FILE + ".tmp")
@@ -110,13 +117,16 @@ class CheckpointStore:
                 shutil.rmtree(os.path.join(self.local, name), ignore_errors=True)
                 if self.remote:
                     storage.delete(storage.join(self.uri, name, "model.weights.h5"))
+        return state
 
     def fetch(self, rel: str) -> Optional[str]:
         """Local path of a file stored in the checkpoint dir, or None."""
         return os.path.join(self.local, rel) if self._pull(rel) else None
 
     def put(self, local_path: str, rel: str) -> None:
-        """Store a run-constant file (e.g. the vocab) next to the checkpoints."""
+        """Store a run-constant file (e.g. the vocab) next to the checkpoints (the writer only)."""
+        if not self.writer:
+            return
         dest = os.path.join(self.local, rel)
         if os.path.abspath(local_path) != os.path.abspath(dest):
             shutil.copyfile(local_path, dest)
@@ -142,11 +152,13 @@ class CheckpointStore:
 
 class _Feed(keras.utils.PyDataset):
     """Bucketed batches for model.fit; epoch k is shuffled with seed (seed, k), so a resumed run sees the
-    same order a never-interrupted run would have seen."""
+    same order a never-interrupted run would have seen. `rows`: the part of every (global) batch this process feeds
+    (trainer.distribute.Topology.rows); every replica builds the same plan, so together they feed whole batches."""
 
-    def __init__(self, batches: BucketedBatches, seed: int, first_epoch: int):
+    def __init__(self, batches: BucketedBatches, seed: int, first_epoch: int, rows: slice = slice(None)):
         super().__init__(workers=1, use_multiprocessing=False)
         self.batches = batches
+        self.rows = rows
         self.seed = seed
         self.epoch = first_epoch
         self._plan = None
@@ -158,7 +170,8 @@ class _Feed(keras.utils.PyDataset):
         if self._plan is None:
             self._plan = _tf_signature_safe(self.batches.plan(shuffle_seed=self.seed * 100_003 + self.epoch))
         b = self.batches.make(*self._plan[i])
-        return b.inputs, b.labels, b.weights
+        r = self.rows
+        return {k: v[r] for k, v in b.inputs.items()}, b.labels[r], b.weights[r]
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
@@ -233,9 +246,11 @@ def _fingerprint(cfg: TrainConfig) -> dict:
 class _EpochEnd(keras.callbacks.Callback):
     """Validation macro-F1, early stopping bookkeeping, checkpoint, tracking: after every epoch."""
 
-    def __init__(self, cfg, val: BucketedBatches, store: Optional[CheckpointStore], state: dict, tracker):
+    def __init__(self, cfg, val: BucketedBatches, store: Optional[CheckpointStore], state: dict, tracker,
+                 progress: Optional[ProgressRecorder] = None):
         super().__init__()
         self.cfg, self.val, self.store, self.state, self.tracker = cfg, val, store, state, tracker
+        self.progress = progress
         self.best_in_memory = None
         self.epochs_this_process = 0
         self._t = 0.0
@@ -273,8 +288,9 @@ class _EpochEnd(keras.callbacks.Callback):
         if self.store is not None:
             log_entry = {"epoch": done, "run_id": RUN_ID, "pid": os.getpid(), "finished_at": time.time(),
                          "val_macro_f1": f1}
-            self.store.save(self.model, done, st, log_entry)
-            st.update(json.load(open(os.path.join(self.store.local, STATE_FILE))))
+            st.update(self.store.save(self.model, done, st, log_entry))
+        if self.progress is not None:  # after the checkpoint: the record never shows an epoch a resume would redo
+            self.progress.epoch_end(st)
         if self.tracker is not None:
             self.tracker.log({"epoch": done, "train/loss": entry["loss"], "val/macro_f1": f1, "val/accuracy": acc,
                               "epoch_seconds": seconds}, step=done)
@@ -286,8 +302,9 @@ class _EpochEnd(keras.callbacks.Callback):
 
 
 def train_model(cfg: TrainConfig, model: keras.Model, train: BucketedBatches, val: BucketedBatches,
-                store: Optional[CheckpointStore], tracker) -> TrainResult:
-    """Compile, resume if a checkpoint exists, fit with early stopping, restore the best weights."""
+                store: Optional[CheckpointStore], tracker, rows: slice = slice(None)) -> TrainResult:
+    """Compile, resume if a checkpoint exists, fit with early stopping, restore the best weights. `rows`: this
+    process's part of every batch (all of it unless several replicas train together)."""
     model.compile(
         optimizer=make_optimizer(cfg, len(train)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -309,8 +326,10 @@ def train_model(cfg: TrainConfig, model: keras.Model, train: BucketedBatches, va
         state = {"epoch": 0, "best_epoch": 0, "best_macro_f1": -1.0, "wait": 0, "stopped_early": False,
                  "history": [], "best_weights": "", "fingerprint": _fingerprint(cfg)}
 
-    callbacks = []
-    cb = _EpochEnd(cfg, val, store, state, tracker)
+    progress = ProgressRecorder(cfg.output_dir, cfg.model, cfg.epochs, len(train), int(len(train.labels)))
+    progress.start(state)
+    callbacks = [progress_callback(progress)]
+    cb = _EpochEnd(cfg, val, store, state, tracker, progress=progress)
     callbacks.append(cb)
     if cfg.tensorboard_dir and keras.backend.backend() == "tensorflow":
         callbacks.append(keras.callbacks.TensorBoard(log_dir=cfg.tensorboard_dir))
@@ -319,7 +338,7 @@ def train_model(cfg: TrainConfig, model: keras.Model, train: BucketedBatches, va
 
     finished = state["epoch"] >= cfg.epochs or state.get("stopped_early")
     if not finished:
-        feed = _Feed(train, cfg.seed, first_epoch=state["epoch"])
+        feed = _Feed(train, cfg.seed, first_epoch=state["epoch"], rows=rows)
         model.fit(feed, epochs=cfg.epochs, initial_epoch=state["epoch"], callbacks=callbacks, verbose=2)
     else:
         log.info("checkpoint already holds a finished run (epoch %d); skipping training", state["epoch"])
