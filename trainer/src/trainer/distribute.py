@@ -1,0 +1,231 @@
+"""Data-parallel training on every device of every replica: the cluster Vertex describes, joining it, and what ran.
+
+One module for the topology, so the rest of the trainer asks only three things: which rows of each batch this
+process feeds (`Topology.rows`), whether it writes the run's files (`is_chief`), and what to report (`describe`).
+
+- One replica, one device: nothing changes ("none").
+- One replica, N devices (a machine with N GPUs, or N virtual CPU devices in tests): Keras' DataParallel over the
+  N devices ("data_parallel"); each batch is split across them and the gradients are averaged (an all-reduce).
+- R replicas (`replica_count` R: workerpool0 = the chief, workerpool1 = R - 1 workers): every process joins one
+  JAX cluster (`jax.distributed.initialize`, the chief's address from CLUSTER_SPEC is the coordinator), then
+  DataParallel runs over every device of every replica ("multi_worker"). Each process feeds its own contiguous block
+  of every global batch; all processes build the same batch plan (same seed, same order), so they step together.
+
+`--batch-size` is the GLOBAL batch: the same settings train the same model whatever the topology (the 2-device run
+matches the 1-device run, tests/trainer/test_distribute.py), and the learning rate is used unchanged. It must divide
+by the number of devices training together. Only the JAX backend distributes; on TensorFlow or PyTorch more than one
+device or replica is refused (finsent's image runs JAX).
+
+Vertex's cluster description: https://cloud.google.com/vertex-ai/docs/training/distributed-training
+("CLUSTER_SPEC": {"cluster": {"workerpool0": ["host:port"], "workerpool1": [...]}, "task": {"type": "workerpool0",
+"index": 0}, ...}); Vertex sets it for every replica, also for a one-replica job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Mapping, Optional, Tuple
+
+from trainer.errors import ConfigError
+
+log = logging.getLogger(__name__)
+CLUSTER_ENV = "CLUSTER_SPEC"
+CHIEF_POOL, WORKER_POOL = "workerpool0", "workerpool1"
+#: Pools finsent builds (tasks/vertex.py): the chief and its workers. workerpool2/3 are TF's parameter servers and
+#: evaluators, which JAX's data parallelism has no role for.
+PROCESS_POOLS = (CHIEF_POOL, WORKER_POOL)
+DISTRIBUTIONS = ("none", "data_parallel", "multi_worker")
+
+
+# --------------------------------------------------------------------------------------------- the cluster (pure)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The processes of one training run: `addresses` chief first (workerpool0, then workerpool1 in index order),
+    and which of them this process is."""
+
+    addresses: Tuple[str, ...] = ("",)
+    process_id: int = 0
+
+    @property
+    def num_processes(self) -> int:
+        return len(self.addresses)
+
+    @property
+    def coordinator(self) -> str:
+        """JAX's coordination service runs in the chief, on the port Vertex gives the chief's framework."""
+        return self.addresses[0]
+
+    @property
+    def is_chief(self) -> bool:
+        return self.process_id == 0
+
+
+def parse_cluster_spec(raw: Optional[str]) -> Cluster:
+    """CLUSTER_SPEC's JSON -> Cluster; no variable (a run outside Vertex) is one process. ConfigError (one line) for
+    a spec finsent cannot train with: malformed, or with parameter-server/evaluator pools."""
+    if not raw:
+        return Cluster()
+    try:
+        spec = json.loads(raw)
+        cluster, task = spec["cluster"], spec.get("task") or {}
+        pools = {name: list(addresses) for name, addresses in cluster.items()}
+        kind, index = task.get("type", CHIEF_POOL), int(task.get("index", 0) or 0)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ConfigError(f"{CLUSTER_ENV} is not Vertex's cluster description ({exc!r}): {raw[:120]}") from None
+    extra = sorted(set(pools) - set(PROCESS_POOLS))
+    if extra:
+        raise ConfigError(f"{CLUSTER_ENV} has worker pool(s) {', '.join(extra)}: finsent trains data-parallel on "
+                          f"{CHIEF_POOL} (1 chief) and {WORKER_POOL} (workers) only")
+    chief, workers = pools.get(CHIEF_POOL, []), pools.get(WORKER_POOL, [])
+    if len(chief) != 1:
+        raise ConfigError(f"{CLUSTER_ENV}: {CHIEF_POOL} must hold exactly 1 replica, got {len(chief)}")
+    if kind not in PROCESS_POOLS or not 0 <= index < len(pools.get(kind, [])):
+        raise ConfigError(f"{CLUSTER_ENV}: this replica ({kind} {index}) is not in the cluster")
+    return Cluster(addresses=tuple(chief + workers), process_id=0 if kind == CHIEF_POOL else 1 + index)
+
+
+def cluster_from_env(env: Mapping[str, str] = os.environ) -> Cluster:
+    return parse_cluster_spec(env.get(CLUSTER_ENV))
+
+
+def is_chief(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether this process writes the run's files (checkpoints, exports, metrics.json, progress, wandb): the one
+    replica of workerpool0, or any process outside a Vertex cluster. A spec that cannot be read: the chief (the
+    trainer refuses such a spec before training anyway)."""
+    try:
+        return cluster_from_env(env).is_chief
+    except ConfigError:
+        return True
+
+
+# --------------------------------------------------------------------------------------------- topology (pure)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What trains: `replicas` processes with `devices` devices each, on a global batch of `global_batch_size`."""
+
+    replicas: int = 1
+    devices: int = 1
+    global_batch_size: int = 1
+    process_id: int = 0
+
+    @property
+    def total_devices(self) -> int:
+        return self.replicas * self.devices
+
+    @property
+    def distribution(self) -> str:
+        if self.replicas > 1:
+            return "multi_worker"
+        return "data_parallel" if self.devices > 1 else "none"
+
+    @property
+    def rows(self) -> slice:
+        """The rows of every global batch this process feeds: its contiguous block (process p holds devices
+        p*devices .. (p+1)*devices - 1 of the mesh, as jax.devices() orders them by process)."""
+        local = self.global_batch_size // self.replicas
+        return slice(self.process_id * local, (self.process_id + 1) * local)
+
+
+def check_batch(batch_size: int, replicas: int, devices: int, spell: str = "--batch-size") -> None:
+    """The global batch is split evenly over every device: refuse one that does not divide, naming the nearest
+    sizes that do. (Padding it with zero-weight rows would change the loss's denominator, so the same settings
+    would train differently on another topology.)"""
+    n = replicas * devices
+    if batch_size % n:
+        lower, upper = batch_size - batch_size % n, batch_size + n - batch_size % n
+        sizes = f"{lower} or {upper}" if lower else str(upper)
+        raise ConfigError(f"{spell} {batch_size} is the global batch and must divide by the {n} devices training "
+                          f"together ({replicas} replica(s) x {devices} device(s)); use {sizes}")
+
+
+def describe(topology: Topology) -> dict:
+    """metrics.json's environment keys for what ran (a contract: the flow and its reports read these names)."""
+    return {"devices": topology.devices, "replicas": topology.replicas,
+            "global_batch_size": topology.global_batch_size, "distribution": topology.distribution}
+
+
+# --------------------------------------------------------------------------------------------- joining (I/O)
+
+
+def join(cluster: Cluster, backend: str) -> None:
+    """Join the JAX cluster of a multi-replica job. Must run before any JAX computation (JAX fixes its devices at
+    the first one), so task.py calls it before importing Keras. One process: nothing to do."""
+    if cluster.num_processes == 1:
+        return
+    if backend != "jax":
+        raise ConfigError(f"{cluster.num_processes} replicas: multi-machine training runs on the JAX backend only, "
+                          f"not {backend}; set KERAS_BACKEND=jax (finsent's image does) or replica_count 1")
+    import jax
+
+    # CPU replicas exchange gradients through Gloo (JAX's CPU collectives; the default has none across processes).
+    # GPUs use NCCL whatever this says.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    log.info("joining %d replicas as process %d (coordinator %s)", cluster.num_processes, cluster.process_id,
+             cluster.coordinator)
+    jax.distributed.initialize(coordinator_address=cluster.coordinator, num_processes=cluster.num_processes,
+                               process_id=cluster.process_id)
+
+
+def setup(cluster: Cluster, batch_size: int) -> Topology:
+    """After `join` and the Keras import: count the devices, check the batch divides, and distribute Keras over all
+    of them (DataParallel: variables replicated, batches split on their first axis). Returns what will train."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        devices = jax.local_device_count()
+    else:
+        devices = len(keras.distribution.list_devices())
+        if devices > 1:
+            raise ConfigError(f"{devices} devices: data-parallel training runs on the JAX backend only, not "
+                              f"{backend}; set KERAS_BACKEND=jax (finsent's image does) or make one device visible "
+                              "(e.g. CUDA_VISIBLE_DEVICES=0)")
+    topology = Topology(replicas=cluster.num_processes, devices=devices, global_batch_size=batch_size,
+                        process_id=cluster.process_id)
+    check_batch(batch_size, topology.replicas, topology.devices)
+    if topology.total_devices > 1:
+        # auto_shard_dataset=False: each process already feeds only its rows (Topology.rows); Keras' own sharding
+        # is for tf.data only.
+        keras.distribution.set_distribution(keras.distribution.DataParallel(
+            devices=keras.distribution.list_devices(), auto_shard_dataset=False))
+    log.info("distribution %s: %d replica(s) x %d device(s), global batch %d (%d rows per replica)",
+             topology.distribution, topology.replicas, topology.devices, batch_size, batch_size // topology.replicas)
+    return topology
+
+
+def same_file_everywhere(path: str, topology: Topology) -> str:
+    """Make `path` hold the chief's bytes on every replica (a collective: every process calls it at the same point).
+    The WordPiece vocab learned from the training split can differ between processes on small corpora (tied
+    merges), and replicas with different token ids would average meaningless gradients."""
+    if topology.replicas == 1:
+        return path
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    with open(path, "rb") as f:
+        data = np.frombuffer(f.read(), dtype=np.uint8)
+    size = int(multihost_utils.broadcast_one_to_all(np.asarray(len(data), dtype=np.int32)))
+    buffer = np.zeros(size, dtype=np.uint8)
+    buffer[:min(size, len(data))] = data[:size]
+    chief = np.asarray(multihost_utils.broadcast_one_to_all(buffer), dtype=np.uint8)
+    if not topology.process_id == 0 and chief.tobytes() != data.tobytes():
+        log.info("%s: using the chief's copy (this replica's differed)", os.path.basename(path))
+        with open(path, "wb") as f:
+            f.write(chief.tobytes())
+    return path
+
+
+def local_only() -> None:
+    """Leave the distribution: what runs next (the chief's export) builds its variables on this process only."""
+    import keras
+
+    keras.distribution.set_distribution(None)
