@@ -103,6 +103,9 @@ class TrialWindow:
         self.limit_slots = ensure_limit(self.limit, self.parallel)
         self._queued = list(self.trials)
         self.futures: dict[str, PrefectFuture] = {}
+        # ids of the trials whose task has ended, set by the futures' callbacks: `future.state` would ask the
+        # Prefect API about every unfinished trial twice a second
+        self._ended: set[str] = set()
         self._job = {"package_uri": uploads.package_uri, "data_uri": uploads.data_uri, "run_key": run_key,
                      "env": env}  # fmt: skip
         self._layout = layout
@@ -119,20 +122,22 @@ class TrialWindow:
 
     def top_up(self) -> list[PrefectFuture]:
         """Submit queued trials while fewer than `parallel` are unfinished; returns the unfinished futures."""
-        running = [f for f in self.futures.values() if not f.state.is_final()]
+        running = [f for tid, f in self.futures.items() if tid not in self._ended]
         while self._queued and len(running) < self.parallel:
             trial = self._queued.pop(0)
             tid = trial.trial_id
-            self.futures[tid] = train_trial.submit(
+            future = train_trial.submit(
                 trial_config(self.cfg, trial), self.model, tid, limit=self.limit,
                 output_uri=self._layout.trial_output(self._job["run_key"], self.model, tid), **self._job,
             )  # fmt: skip
-            running.append(self.futures[tid])
+            self.futures[tid] = future
+            future.add_done_callback(lambda _, tid=tid: self._ended.add(tid))
+            running.append(future)
         return running
 
     @property
     def done(self) -> bool:
-        return not self._queued and all(f.state.is_final() for f in self.futures.values())
+        return not self._queued and self._ended >= set(self.futures)
 
     def results(self) -> dict[str, JobOutcome | BaseException]:
         """Each trial's outcome, or the error it failed with (a failed trial does not fail the sweep)."""

@@ -6,19 +6,27 @@ macro-F1, and a forced rerun with the same run key creates no job."""
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from datetime import datetime
 
 import pytest
-from prefect import get_client
+from google.cloud import storage
+from prefect import flow, get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
 from emulators.sample_data import KAGGLE_CSV, write_phrasebank_sample
 from flows.train import train
-from tasks.config import parse_config
+from tasks import vertex
+from tasks.config import PipelineConfig, parse_config
+from tasks.image import PYTHON_MODULE_ENV
+from tasks.inputs import UploadedInputs
 from tasks.layout import BucketLayout
-from tasks.run_identity import LABEL_RUN, LABEL_TRIAL, run_label
-from tasks.sweep_jobs import limit_name
+from tasks.run_identity import LABEL_RUN, LABEL_TRIAL, run_label, run_labels
+from tasks.sweep_jobs import TrialWindow, limit_name
+from tasks.training import train_models
+from tests.emulators.emujob_sdist import build_sdist
 from tests.emulators.emulator_testkit import read_gcs_text
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -123,3 +131,66 @@ def test_a_four_trial_sweep_runs_two_at_a_time_and_reports_the_validation_winner
     assert _creates(vertex_admin) == 0
     assert again.result()["metrics"] == result["metrics"]
     assert [r["trial"] for r in _trials_table(again.state_details.flow_run_id) if r["winner"]] == [winner]
+
+
+@flow(name="sweep-trials-only")
+def trials_only(cfg: PipelineConfig, package_uri: str, run_key: str) -> dict:
+    """The flow's train step alone (tasks/training.py with the run's TrialWindow), on jobs of the emujob `write`
+    module: each job succeeds within seconds, no training."""
+    uploads = UploadedInputs(data_uri="gs://unused/data", package_uri=package_uri, data_bytes_uploaded=0,
+                             package_bytes_uploaded=0)  # fmt: skip
+    layout = BucketLayout.of(cfg)
+    env = {PYTHON_MODULE_ENV: "emujob.write"}
+    trials = TrialWindow(cfg, layout, uploads, run_key=run_key, env=env)
+    assert train_models(cfg, layout, uploads, run_key=run_key, env=env, trials=trials) == {}, "no single lstm job"
+    return trials.results()
+
+
+def test_an_admin_limit_below_parallel_caps_two_flow_runs_together(vertex_emulator, vertex_admin, gcs_bucket):
+    blob = storage.Client(project="t").bucket(gcs_bucket).blob("packages/emujob-0.1.0.tar.gz")
+    blob.upload_from_string(build_sdist(), content_type="application/gzip")
+    cfg = parse_config({
+        "project": f"sweep-{uuid.uuid4().hex[:8]}", "bucket": gcs_bucket, "vertex_endpoint": vertex_emulator.endpoint,
+        "anonymous_credentials": True, "models": ["lstm"], "poll": {"initial_seconds": 0.2, "max_seconds": 1.0},
+        "sweep": {"model": "lstm", "grid": {"dropout": [0.1, 0.2]}, "parallel": 2},
+    })  # fmt: skip
+    # an admin sized the shared limit to a quota of one GPU: finsent keeps it, and both runs' trials queue on it
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit_name(cfg), limit=1))
+    run_keys = [f"gcl-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    results: dict[str, dict] = {}
+    threads = [threading.Thread(target=lambda k=k: results.update({k: trials_only(cfg, f"gs://{gcs_bucket}/{blob.name}",
+                                                                               k)})) for k in run_keys]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+    assert set(results) == set(run_keys)
+    assert all(isinstance(outcome, vertex.JobOutcome) for result in results.values() for outcome in result.values())
+    jobs = [job for job in vertex_admin.jobs() if job["labels"].get(LABEL_RUN) in {run_label(k) for k in run_keys}]
+    assert len(jobs) == 4 and all(job["state"] == "JOB_STATE_SUCCEEDED" for job in jobs)
+    assert most_running_at_once(jobs) == 1, "the shared limit of 1 slot, not each run's parallel 2"
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(limit_name(cfg)).limit == 1, "never resized"
+
+
+def test_a_models_single_job_never_reattaches_to_a_trial_of_it(vertex_emulator, vertex_admin):
+    """Vertex's list filter matches jobs carrying *at least* the given labels: a trial's job carries the single
+    job's identity labels too, so submit must compare the whole identity (a changed config, same run key)."""
+    cfg = parse_config({"project": f"sweep-{uuid.uuid4().hex[:8]}", "bucket": "unused-bucket",
+                        "vertex_endpoint": vertex_emulator.endpoint, "anonymous_credentials": True})  # fmt: skip
+    runner = vertex.JobRunner(cfg, log=lambda line: None)
+    run_key = f"reattach-{uuid.uuid4().hex[:8]}"
+    try:
+        def job(trial: str | None) -> dict:
+            request = vertex.JobRequest("lstm", package_uri="gs://unused-bucket/p.tar.gz", data_uri="gs://u/d",
+                                        output_uri="gs://unused-bucket/o", run_key=run_key, trial=trial)
+            return vertex.build_custom_job(cfg, request)
+
+        trial = runner.submit(job("t0-abcdef"))
+        single = runner.submit(job(None))
+        assert single.name != trial.name and _creates(vertex_admin) == 2
+        assert runner.submit(job("t0-abcdef")).name == trial.name and runner.submit(job(None)).name == single.name
+        assert _creates(vertex_admin) == 2, "each reattaches to its own job"
+    finally:
+        runner.cancel(run_labels(run_key))

@@ -12,7 +12,7 @@ from tasks.config import PipelineConfig, parse_config
 from tasks.errors import ConfigError
 from tasks.inputs import inputs_key
 from tasks.layout import BucketLayout
-from tasks.run_identity import LABEL_TRIAL, identity
+from tasks.run_identity import LABEL_TRIAL, identity, run_labels
 from tasks.sweep import is_log_uniform, pick_winner, sample, trial_rows
 from tasks.sweep_jobs import limit_name, trial_config
 from tasks.vertex import JobRequest, build_custom_job
@@ -174,6 +174,8 @@ def test_each_trial_is_its_own_job_with_its_params_labels_name_and_folder():
     assert len({frozenset(identity(job["labels"]).items()) for job in jobs}) == 4, "a rerun finds each trial's job"
     assert len({job["job_spec"]["base_output_directory"]["output_uri_prefix"] for job in jobs}) == 4
     assert all(job["labels"][LABEL_TRIAL] in job["display_name"] for job in jobs)
+    # the run's label, which the cancel paths (tasks/training.py) and the reaper select by, is on every trial
+    assert all(run_labels(run_key).items() <= job["labels"].items() for job in jobs)
     single = build_custom_job(cfg, JobRequest("lstm", package_uri="p", data_uri="d", output_uri="o", run_key=run_key))
     assert LABEL_TRIAL not in single["labels"]
 
