@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from trainer import params as trainer_params
+from trainer.distribute import check_batch
 from trainer.errors import ConfigError as TrainerConfigError
 
 from tasks.catalog import FLEX_START_GPUS, TRAINING_REGIONS, gpus_for_machine, machine_family, past_end_of_availability, prebuilt_image_end
@@ -35,16 +36,6 @@ DEFAULT_DATA_URI = (
 # https://cloud.google.com/vertex-ai/docs/training/schedule-jobs-dws: a Dynamic Workload Scheduler (FLEX_START) job
 # "has a maximum timeout of 7 days or less".
 FLEX_START_MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
-
-
-def _one_gpu_only(count: int, machine_type: str) -> str:
-    """The refusal of `count` > 1 GPUs: the trainer uses one device (no distribution strategy yet), so the other
-    GPUs would be paid for and idle. Says what to set instead."""
-    fix = ("set accelerator_count 1" if machine_family(machine_type) == "n1" else
-           f"use a machine type with one GPU instead of {machine_type}, e.g. g2-standard-8 (1 x NVIDIA_L4) or "
-           "a2-highgpu-1g (1 x NVIDIA_TESLA_A100)")
-    return (f"accelerator_count {count}: finsent trains on one GPU until multi-GPU support lands "
-            f"(the other GPUs would be paid for and idle); {fix}")
 
 
 class _Strict(BaseModel):
@@ -253,19 +244,6 @@ class PipelineConfig(_Strict):
             raise ValueError(f"{known[0]}: finsent has no tested pin set for this prebuilt image; {use}")
         raise ValueError(f"{uri} is not a Vertex prebuilt training image (pythonPackageSpec takes only those); {use}")
 
-    @field_validator("replica_count")
-    @classmethod
-    def _one_machine(cls, replicas: int) -> int:
-        # Worker pool 0 is the primary replica; extra replicas there would each run the whole training as an
-        # independent copy, writing the same output folder (Vertex's distributed-training page: "Use the first
-        # worker pool specification only for your primary replica, and set its replicaCount to 1").
-        if replicas > 1:
-            raise ValueError(
-                f"replica_count {replicas}: finsent trains on one machine until multi-machine support lands "
-                "(Vertex would run independent copies writing the same output); set replica_count 1"
-            )
-        return replicas
-
     @model_validator(mode="after")
     def _machine_and_gpu_fit(self) -> PipelineConfig:
         offered, gpu_required = gpus_for_machine(self.machine_type)
@@ -289,8 +267,6 @@ class PipelineConfig(_Strict):
                 )
         elif gpu_required:
             raise ValueError(f"machine type {self.machine_type} comes with GPUs: set accelerator_type")
-        if self.accelerator_count > 1:
-            raise ValueError(_one_gpu_only(self.accelerator_count, self.machine_type))
         if self.scheduling_strategy == "FLEX_START":
             if gpu not in FLEX_START_GPUS:
                 raise ValueError(
@@ -304,12 +280,27 @@ class PipelineConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _batch_fits_the_devices(self) -> PipelineConfig:
+        """Every GPU of every replica trains data-parallel (trainer/src/trainer/distribute.py; replica_count R:
+        workerpool0 the chief + R - 1 workers, tasks/vertex.py): batch_size is the global batch, split evenly over
+        accelerator_count (or the 1 CPU device) x replica_count devices. Refused here rather than when the job
+        starts."""
+        for model in self.models:
+            try:
+                check_batch(self.params[model].batch_size, self.replica_count, self.accelerator_count or 1,
+                            spell=f"params.{model}.batch_size")
+            except TrainerConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
     def _within_budget(self) -> PipelineConfig:
         """The worst case, every attempt running until Vertex stops it at scheduling.timeout, fits max_cost_usd."""
         budget = self.max_cost_usd
         if budget is None:
             return self
-        what = describe(self.machine_type, self.accelerator_type, self.accelerator_count, self.region)
+        what = describe(self.machine_type, self.accelerator_type, self.accelerator_count, self.region,
+                        self.replica_count)
         try:
             hourly = self.hourly_usd()
         except UnknownPrice as exc:
@@ -347,9 +338,10 @@ class PipelineConfig(_Strict):
         return f"gs://{self.bucket}/{self.prefix.strip('/')}"
 
     def hourly_usd(self) -> float:
-        """One job's list price per hour (tasks/pricing.py); UnknownPrice when it has none."""
-        return hourly_usd(self.machine_type, self.accelerator_type, self.accelerator_count, self.region,
-                          self.scheduling_strategy)
+        """One job's list price per hour, every replica counted (each is a machine with its own GPUs, billed on its
+        own: tasks/pricing.py); UnknownPrice when it has none."""
+        return self.replica_count * hourly_usd(self.machine_type, self.accelerator_type, self.accelerator_count,
+                                               self.region, self.scheduling_strategy)
 
     @property
     def image_uri(self) -> str:

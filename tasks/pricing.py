@@ -6,7 +6,8 @@ running cost (tasks/vertex.py) both read it. Pure data and small pure functions;
 Only prices with a source are here, each row group with its source and the date it was read; a price that could not
 be sourced is absent, and asking for it raises `UnknownPrice` naming what is missing (never a guess). Vertex bills a
 job's machine and its GPUs separately per hour (the pricing page lists a rate per machine type and a rate per
-accelerator), so a job's rate is machine + count x GPU. No per-vCPU/per-GB derivation is made: the sources read do
+accelerator), so a replica's rate is machine + count x GPU, and a job's that times its replica_count (every replica
+is a machine of its own). No per-vCPU/per-GB derivation is made: the sources read do
 not state Vertex's rule for one. Not in the table at all: the boot disk (pd-ssd, billed too, no price sourced),
 SPOT and FLEX_START rates, and every region but us-central1.
 """
@@ -51,10 +52,13 @@ class UnknownPrice(ValueError):
     """A machine, GPU, region or strategy with no sourced price; the message names each missing one and this file."""
 
 
-def describe(machine_type: str, accelerator_type: str | None, accelerator_count: int, region: str) -> str:
-    """'n1-standard-8 + 1 x NVIDIA_TESLA_T4 in us-central1': what one job runs on, for messages."""
+def describe(machine_type: str, accelerator_type: str | None, accelerator_count: int, region: str,
+             replica_count: int = 1) -> str:
+    """'n1-standard-8 + 1 x NVIDIA_TESLA_T4 in us-central1' (', x 2 replicas' for several machines): what one job
+    runs on, for messages."""
     gpu = f" + {accelerator_count} x {accelerator_type}" if accelerator_type and accelerator_count else ""
-    return f"{machine_type}{gpu} in {region}"
+    replicas = f", x {replica_count} replicas" if replica_count > 1 else ""
+    return f"{machine_type}{gpu}{replicas} in {region}"
 
 
 def hourly_usd(machine_type: str, accelerator_type: str | None, accelerator_count: int, region: str,

@@ -15,6 +15,7 @@ exercise is the wire that production uses.
 
 from __future__ import annotations
 
+import copy
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -145,7 +146,7 @@ def build_custom_job(cfg: PipelineConfig, request: JobRequest, *, attempt: int =
             "worker_pool_specs": [
                 {
                     "machine_spec": machine_spec,
-                    "replica_count": cfg.replica_count,
+                    "replica_count": 1,  # workerpool0: the one primary replica (the chief)
                     "disk_spec": {"boot_disk_type": "pd-ssd", "boot_disk_size_gb": cfg.boot_disk_size_gb},
                     # finsent's image (tasks/image.py): its entrypoint installs the sdist, then runs
                     # `python -m trainer.task ARGS`, as a prebuilt executor does for a python_package_spec.
@@ -165,6 +166,13 @@ def build_custom_job(cfg: PipelineConfig, request: JobRequest, *, attempt: int =
             "base_output_directory": {"output_uri_prefix": request.output_uri},
         },
     }
+    if cfg.replica_count > 1:
+        # https://cloud.google.com/vertex-ai/docs/training/distributed-training: "Use the first worker pool
+        # specification only for your primary replica, and set its replicaCount to 1"; the second pool holds the
+        # workers. Same machine, image and args: every replica runs the same trainer, which joins the others from
+        # CLUSTER_SPEC (trainer/src/trainer/distribute.py).
+        pools = job["job_spec"]["worker_pool_specs"]
+        pools.append(copy.deepcopy(pools[0]) | {"replica_count": cfg.replica_count - 1})
     if cfg.scheduling_strategy == "FLEX_START":
         # custom_job.proto Scheduling.max_wait_duration: how long DWS may wait for the resources (default 24 h).
         job["job_spec"]["scheduling"]["max_wait_duration"] = f"{cfg.max_wait_seconds}s"

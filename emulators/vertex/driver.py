@@ -25,6 +25,7 @@ from emulators.vertex.state import JobRecord, JobState, JobStore, ReplicaInfo
 S = JobState
 #: google.rpc.Code values used in job errors.
 CODE_CANCELLED, CODE_INVALID_ARGUMENT, CODE_DEADLINE_EXCEEDED, CODE_INTERNAL, CODE_UNAVAILABLE = 1, 3, 4, 13, 14
+CHIEF_REPLICA = "workerpool0-0"
 
 
 def cancelled_error() -> dict:
@@ -53,6 +54,17 @@ def restarts_on_worker_restart(record: JobRecord) -> bool:
     """`jobSpec.scheduling.restartJobOnWorkerRestart`: replicas restart after a preemption or emulator restart."""
     scheduling = record.resource.get("jobSpec", {}).get("scheduling") or {}
     return bool(scheduling.get("restartJobOnWorkerRestart"))
+
+
+def chief_succeeded(codes: dict[str, int | None]) -> bool:
+    """Whether the job's replicas, by exit code (None: running), make it SUCCEEDED: its primary replica exited 0.
+    Vertex's distributed-training page: the primary replica "manages the others and reports status for the job as
+    a whole" (https://cloud.google.com/vertex-ai/docs/training/distributed-training), so workers still running are
+    stopped then. A replica's non-zero exit fails the job (checked first, in `_monitor`): Vertex restarts such a
+    worker in place, but a permanent error "shuts down the entire job" ("Understand the custom training service"
+    page, https://cloud.google.com/vertex-ai/docs/training/understanding-training-service); the in-place restart is
+    not emulated (a restarted JAX worker cannot rejoin its running cluster either)."""
+    return codes.get(CHIEF_REPLICA) == 0 or all(c == 0 for c in codes.values())
 
 
 class JobDriver:
@@ -326,7 +338,7 @@ class JobDriver:
                 })
             running = time.monotonic() - job_started
             codes = {name: proc.poll() for name, proc in procs.items()}
-            ended = any(c not in (None, 0) for c in codes.values()) or all(c == 0 for c in codes.values())
+            ended = any(c not in (None, 0) for c in codes.values()) or chief_succeeded(codes)
             if hold is not None and (running >= self.tick or ended):  # RUNNING visibly first; never skipped
                 held = self._hold_running(record, procs, hold)
                 hold, job_started, replicas_started = None, job_started + held, replicas_started + held
@@ -357,7 +369,7 @@ class JobDriver:
                            "To find out more about why your job exited please check the logs: "
                            f"{job_log_url(self.base_url, record.job_id)}")
                 return self._finish(record, S.JOB_STATE_FAILED, {"code": CODE_INVALID_ARGUMENT, "message": message})
-            if all(c == 0 for c in codes.values()):
+            if chief_succeeded(codes):
                 self._kill_all(record, procs, 0)
                 return self._finish(record, S.JOB_STATE_SUCCEEDED)
             time.sleep(0.05)

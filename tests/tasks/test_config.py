@@ -16,6 +16,7 @@ from tasks.vertex import trainer_args
 
 BASE = {"project": "p", "bucket": "finsent-test"}
 L4_FLEX = {"machine_type": "g2-standard-8", "accelerator_type": "NVIDIA_L4", "scheduling_strategy": "FLEX_START"}
+N1_CPU = {"machine_type": "n1-standard-4", "accelerator_type": None, "accelerator_count": 0}
 
 
 @pytest.mark.parametrize(
@@ -38,16 +39,17 @@ L4_FLEX = {"machine_type": "g2-standard-8", "accelerator_type": "NVIDIA_L4", "sc
             r"timeout_seconds 604801 is over FLEX_START's 7-day limit \(604800\); lower it, or use STANDARD or SPOT",
         ),
         ({"max_wait_seconds": 59}, r"max_wait_seconds: Input should be greater than or equal to 60"),
-        # until multi-GPU / multi-machine training lands: refused, not silently run on one GPU or as N copies
-        ({"accelerator_count": 2}, r"accelerator_count 2: finsent trains on one GPU until multi-GPU support lands "
-                                   r".*; set accelerator_count 1$"),
+        # batch_size is the global batch, split over every GPU of every replica (trainer/src/trainer/distribute.py)
         (
-            {"machine_type": "a2-highgpu-2g", "accelerator_type": "NVIDIA_TESLA_A100", "accelerator_count": 2},
-            r"accelerator_count 2: finsent trains on one GPU .*; use a machine type with one GPU instead of "
-            r"a2-highgpu-2g, e.g. g2-standard-8 \(1 x NVIDIA_L4\) or a2-highgpu-1g",
+            {"accelerator_count": 4, "replica_count": 3},
+            r"params.bert.batch_size 32 is the global batch and must divide by the 12 devices training together "
+            r"\(3 replica\(s\) x 4 device\(s\)\); use 24 or 36$",
         ),
-        ({"replica_count": 2}, r"replica_count 2: finsent trains on one machine until multi-machine support lands "
-                               r"\(Vertex would run independent copies writing the same output\); set replica_count 1"),
+        (
+            N1_CPU | {"replica_count": 3, "models": ["lstm"], "params": {"lstm": {"batch_size": 2}}},
+            r"params.lstm.batch_size 2 is the global batch .* \(3 replica\(s\) x 1 device\(s\)\); use 3$",
+        ),
+        ({"replica_count": 0}, r"replica_count: Input should be greater than or equal to 1"),
         ({"bucket": "gs://finsent-test"}, r"give the bucket name only"),
         ({"bucket": "Bad_Bucket!"}, r"not a valid GCS bucket name"),
         ({"models": []}, r"models: choose at least one"),
@@ -79,13 +81,26 @@ def test_bad_settings_fail_with_one_line(override, message):
 
 
 def test_good_settings_and_derived_names():
-    # g2-standard-8 (one L4), not g2-standard-24 (two) as before: more than one GPU is refused until multi-GPU
-    # training lands
     cfg = parse_config(BASE | L4_FLEX | {"timeout_seconds": 7 * 24 * 3600})  # exactly FLEX_START's 7-day cap
     assert cfg.base_uri == "gs://finsent-test/finsent"
     assert cfg.max_wait_seconds == 86400  # Vertex's FLEX_START default max wait (custom_job.proto Scheduling)
     assert cfg.models == ("bert", "lstm")
     assert cfg.params["bert"].pooling == "cls" and cfg.params["lstm"].lstm_embeddings == "frozen"
+
+
+def test_every_gpu_and_several_machines_are_accepted_and_every_replica_is_priced():
+    """accelerator_count > 1 and replica_count > 1 train data-parallel now (docs/scaling.md); the budget counts
+    every replica's machine and GPUs (n1-standard-4 is the one sourced machine price, tasks/pricing.py)."""
+    cfg = parse_config(BASE | {"machine_type": "a2-highgpu-4g", "accelerator_type": "NVIDIA_TESLA_A100",
+                               "accelerator_count": 4, "replica_count": 2})
+    assert (cfg.accelerator_count, cfg.replica_count) == (4, 2)
+    one, two = parse_config(BASE | N1_CPU), parse_config(BASE | N1_CPU | {"replica_count": 2})
+    assert one.hourly_usd() == pytest.approx(0.21849885) and two.hourly_usd() == pytest.approx(2 * 0.21849885)
+    # 4 h x 3 attempts: one machine $2.62 fits $3, two machines ($5.24) do not
+    assert parse_config(BASE | N1_CPU | {"max_cost_usd": 3}).max_cost_usd == 3
+    with pytest.raises(ConfigError, match=r"max_cost_usd 3: one job may cost up to \$5.24 \(n1-standard-4, x 2 "
+                                          r"replicas in us-central1 at \$0.4370/h x 4 h x 3 attempts\)"):
+        parse_config(BASE | N1_CPU | {"replica_count": 2, "max_cost_usd": 3})
 
 
 def test_fields_left_out_take_that_models_defaults():

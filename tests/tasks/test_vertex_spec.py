@@ -94,6 +94,25 @@ def test_custom_job_spec_is_exactly_what_vertex_needs():
     assert aiplatform_v1.CustomJob(job).job_spec.scheduling.strategy == aiplatform_v1.Scheduling.Strategy.SPOT
 
 
+def test_several_replicas_are_one_chief_pool_and_one_worker_pool():
+    """replica_count 3: workerpool0 holds the one primary replica, workerpool1 the 2 workers, each the same machine
+    (4 GPUs), image and trainer command ("Use the first worker pool specification only for your primary replica,
+    and set its replicaCount to 1", https://cloud.google.com/vertex-ai/docs/training/distributed-training)."""
+    cfg = parse_config({"project": "p", "bucket": "finsent-test", "machine_type": "a2-highgpu-4g",
+                        "accelerator_type": "NVIDIA_TESLA_A100", "accelerator_count": 4, "replica_count": 3,
+                        "params": {"lstm": {"batch_size": 24}, "bert": {"batch_size": 48}}})
+    request = JobRequest("bert", package_uri="gs://b/p.tar.gz", data_uri="gs://b/d", output_uri="gs://b/o",
+                         run_key="r")
+    chief, workers = build_custom_job(cfg, request)["job_spec"]["worker_pool_specs"]
+    assert (chief["replica_count"], workers["replica_count"]) == (1, 2)
+    assert workers == chief | {"replica_count": 2}
+    assert chief["machine_spec"] == {"machine_type": "a2-highgpu-4g", "accelerator_type": "NVIDIA_TESLA_A100",
+                                     "accelerator_count": 4}
+    assert "--batch-size=48" in chief["container_spec"]["args"]  # the global batch: 4 per GPU on 12 GPUs
+    job = aiplatform_v1.CustomJob(build_custom_job(cfg, request))  # the real client's message takes both pools
+    assert [p.replica_count for p in job.job_spec.worker_pool_specs] == [1, 2]
+
+
 def test_poll_schedule_is_fast_early_and_cheap_for_long_jobs():
     calls, first_minute_gap = poll_schedule(PollConfig(), job_seconds=3600)
     assert first_minute_gap <= 10, "state changes in the first minute must be seen within 10 s"
