@@ -30,11 +30,13 @@ __all__ = [
     "ObjectNotFoundError",
     "check_bucket",
     "download_bytes",
+    "download_if_changed",
     "exists",
     "read_json",
     "read_json_versioned",
     "storage_client",
     "upload_if_absent",
+    "write_bytes",
     "write_json",
 ]
 
@@ -137,6 +139,29 @@ def read_json_versioned(client: storage.Client, uri: str) -> tuple[dict | None, 
         return json.loads(data), int(blob.generation or 0)
     except ValueError:
         raise StorageError(f"{uri} is not valid JSON: delete or fix it") from None
+
+
+def download_if_changed(client: storage.Client, uri: str, generation: int = 0) -> tuple[bytes | None, int]:
+    """(bytes, generation) of the object when its generation is not `generation`; (None, generation) when it is
+    unchanged, (None, 0) when absent. One request: GCS answers a GET with ifGenerationNotMatch equal to the live
+    generation with 304 Not Modified and no body (https://cloud.google.com/storage/docs/request-preconditions); where
+    a server ignores the condition (fake-gcs-server), the equal generation of the 200 says the same."""
+    blob = _blob(client, uri)
+    with _api_errors(uri, "read"):
+        try:
+            data = blob.download_as_bytes(if_generation_not_match=generation or None)
+        except gexc.NotModified:
+            return None, generation
+        except gexc.NotFound:
+            return None, 0
+    new = int(blob.generation or 0)
+    return (None, generation) if generation and new == generation else (data, new)
+
+
+def write_bytes(client: storage.Client, uri: str, data: bytes, *, content_type: str) -> None:
+    """Write `data` as one object (a reader sees the old object or all of the new one)."""
+    with _api_errors(uri, "write"):
+        _blob(client, uri).upload_from_string(data, content_type=content_type)
 
 
 def read_json(client: storage.Client, uri: str) -> dict | None:

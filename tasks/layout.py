@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tasks.run_identity import run_label
+from trainer.progress import PROGRESS_FILE
 
 if TYPE_CHECKING:
     from tasks.config import PipelineConfig
@@ -69,6 +70,16 @@ class BucketLayout:
     def metrics(cls, output_uri: str) -> str:
         """The trainer's metrics.json in that job's model folder."""
         return f"{cls.model_dir(output_uri)}metrics.json"
+
+    @classmethod
+    def progress(cls, output_uri: str) -> str:
+        """The trainer's progress record in that job's model folder, read by the watch while the job runs."""
+        return f"{cls.model_dir(output_uri)}{PROGRESS_FILE}"
+
+    @classmethod
+    def curves(cls, output_uri: str) -> str:
+        """The training curves (SVG) the report draws from metrics.json's per-epoch history."""
+        return f"{cls.model_dir(output_uri)}curves.svg"
 
     @staticmethod
     def checkpoint_dir(output_uri: str) -> str:

@@ -15,8 +15,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks import gcs
+from tasks import gcs, pricing
 from tasks.config import PipelineConfig
+from tasks.curves import curves_markdown, curves_svg
 from tasks.errors import StorageError
 from tasks.layout import BucketLayout
 from tasks.vertex import JobOutcome
@@ -28,7 +29,8 @@ SUMMARY_ARTIFACT = "finsent-summary"
 
 
 # --- pure ---------------------------------------------------------------------------------------------------------
-def results_rows(metrics_by_model: dict[str, dict]) -> list[dict]:
+def results_rows(metrics_by_model: dict[str, dict], costs: dict[str, float | None] | None = None) -> list[dict]:
+    """One row per model; `cost_usd` from `costs` (None: not priced, see `job_cost`)."""
     rows = []
     for model, metrics in sorted(metrics_by_model.items()):
         train = metrics.get("train", {})
@@ -41,9 +43,48 @@ def results_rows(metrics_by_model: dict[str, dict]) -> list[dict]:
                 "epochs": train.get("epochs_run"),
                 "train_seconds": round(train.get("seconds", 0.0), 1),
                 "samples_per_second": round(train.get("samples_per_second", 0.0), 1),
+                "cost_usd": (costs or {}).get(model),
             }
         )
     return rows
+
+
+def epoch_rows(metrics: dict) -> list[dict]:
+    """The per-epoch table of one model, from metrics.json's train.history (empty for an older trainer)."""
+    return [
+        {"epoch": e.get("epoch"), "train_loss": _round(e.get("loss")), "val_accuracy": _round(e.get("val_accuracy")),
+         "val_macro_f1": _round(e.get("val_macro_f1")), "seconds": _round(e.get("seconds"), 1)}
+        for e in metrics.get("train", {}).get("history") or []
+    ]
+
+
+def _round(value, digits: int = 4):
+    return None if value is None else round(float(value), digits)
+
+
+def job_cost(cfg: PipelineConfig, running_seconds: float) -> tuple[float | None, str]:
+    """(USD, how it was priced) for a job that ran `running_seconds` (all attempts, Vertex's RUNNING time) at the
+    config's list price (tasks/pricing.py); (None, "not priced (why)") where the table has no price: never a guess."""
+    try:
+        hourly = cfg.hourly_usd()
+    except pricing.UnknownPrice as exc:
+        missing = str(exc).partition(" has no price for ")[2].partition("; add the figure")[0] or str(exc)
+        return None, f"not priced (no sourced price for {missing} in {pricing.THIS_FILE})"
+    cost = pricing.job_cost_usd(hourly, running_seconds)
+    return round(cost, 6), f"${cost:.4f} ({running_seconds:.0f}s RUNNING at ${hourly:.4f}/h, list price {pricing.CHECKED})"
+
+
+def cost_markdown(costs: dict[str, tuple[float | None, str]]) -> tuple[str, float | None]:
+    """The summary's cost section and the run's total (None unless every job is priced)."""
+    priced = [usd for usd, _ in costs.values() if usd is not None]
+    total = round(sum(priced), 6) if len(priced) == len(costs) else None
+    lines = ["### Cost (Vertex RUNNING time x list price)", ""]
+    lines += [f"- **{model}**: {note}" for model, (_, note) in sorted(costs.items())]
+    if total is not None:
+        lines.append(f"- **total**: ${total:.4f}")
+    else:
+        lines.append(f"- **total**: not priced ({len(costs) - len(priced)} of {len(costs)} job(s) have no price)")
+    return "\n".join(lines), total
 
 
 def confusion_markdown(model: str, metrics: dict) -> str:
@@ -124,10 +165,13 @@ def report_results(
         if metrics is None:
             raise StorageError(f"{model}: the job succeeded but {uri} is missing; see {outcome.console_url}")
         metrics_by_model[model] = metrics
-    rows = results_rows(metrics_by_model)
-    create_table_artifact(key="finsent-metrics", table=rows, description="Test metrics per model")
+    costs = {model: job_cost(cfg, outcome.running_seconds) for model, outcome in outcomes.items()}
+    rows = results_rows(metrics_by_model, {model: usd for model, (usd, _) in costs.items()})
+    create_table_artifact(key="finsent-metrics", table=rows, description="Test metrics per model (cost_usd: "
+                          "Vertex RUNNING time x list price; empty: not priced, see the summary)")
     for model, metrics in metrics_by_model.items():
         create_markdown_artifact(key=f"finsent-confusion-{model}", markdown=confusion_markdown(model, metrics))
+        publish_curves(storage, model, metrics, outcomes[model].output_uri)
 
     winner = best_model(metrics_by_model)
     record = {
@@ -149,10 +193,31 @@ def report_results(
         else f"champion kept: {previous['model']} at {float(previous['test_macro_f1']):.4f} macro-F1 "
         f"beats or ties {winner} at {record['test_macro_f1']:.4f}"
     )
+    cost_section, total_usd = cost_markdown(costs)
     create_markdown_artifact(
-        key=SUMMARY_ARTIFACT, markdown=f"## finsent run {run_key}\n\n{verdict}\n\n{links_markdown(cfg, outcomes, metrics_by_model)}"
+        key=SUMMARY_ARTIFACT, markdown=f"## finsent run {run_key}\n\n{verdict}\n\n{cost_section}\n\n"
+        f"{links_markdown(cfg, outcomes, metrics_by_model)}"
     )
-    return {"metrics": rows, "champion_promoted": promoted, "winner": winner, "verdict": verdict}
+    cost = {"per_model": {model: {"usd": usd, "note": note, "running_seconds": round(outcomes[model].running_seconds, 1)}
+                          for model, (usd, note) in costs.items()}, "total_usd": total_usd}
+    return {"metrics": rows, "champion_promoted": promoted, "winner": winner, "verdict": verdict, "cost": cost}
+
+
+def publish_curves(storage: StorageClient, model: str, metrics: dict, output_uri: str) -> None:
+    """The model's per-epoch table artifact and its curves: curves.svg beside the model, and a markdown artifact
+    showing the chart and its sparklines. The SVG file is a view: a failed upload is a warning, not a failed run."""
+    history = metrics.get("train", {}).get("history") or []
+    create_table_artifact(key=f"finsent-epochs-{model}", table=epoch_rows(metrics),
+                          description=f"{model}: per-epoch train loss and validation figures")
+    svg_uri = BucketLayout.curves(output_uri)
+    if history:
+        try:
+            gcs.write_bytes(storage, svg_uri, curves_svg(history, f"{model}: training curves").encode(),
+                            content_type="image/svg+xml")
+        except Exception as exc:  # noqa: BLE001 - the chart is also in the artifact below
+            get_run_logger().warning(f"[{model}] could not upload {svg_uri} ({type(exc).__name__}: {exc})")
+            svg_uri = None
+    create_markdown_artifact(key=f"finsent-curves-{model}", markdown=curves_markdown(model, history, svg_uri))
 
 
 @task(name="report-skipped")

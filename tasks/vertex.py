@@ -35,6 +35,7 @@ from tasks.errors import (
     RetryableJobError,
 )
 from tasks.image import PACKAGE_URIS_ENV
+from tasks.progress import ProgressWatcher
 from tasks.run_identity import identity, job_labels, run_label
 from tasks.transient import TRANSIENT_CALL_ERRORS, WATCH_TRANSIENT_ERRORS
 
@@ -406,6 +407,8 @@ class JobOutcome:
     console_url: str
     attempts: int
     seconds: float
+    # RUNNING seconds over every attempt, by Vertex's start/end times (`running_seconds`): what the job is billed for
+    running_seconds: float = 0.0
 
 
 # --- I/O ----------------------------------------------------------------------------------------------------------
@@ -445,6 +448,7 @@ class JobRunner:
         # The running guard's budget per model, all attempts: the config's max_cost_usd unless given (a test gives
         # one lower than the config's pre-flight would accept, to see the guard itself act).
         self.max_cost_usd = cfg.max_cost_usd if max_cost_usd is None else max_cost_usd
+        self.progress: dict[str, ProgressWatcher] = {}  # per job tag, over its attempts (`run`); tests read it
 
     def list(self, filter_: str) -> list[aiplatform_v1.CustomJob]:
         """Every job of the project and region matching a Vertex list filter (all pages), oldest first."""
@@ -655,6 +659,8 @@ class JobRunner:
         if self.max_cost_usd is not None:
             self._hourly_usd(self.max_cost_usd)  # an unpriced job is refused before it is created
         ran_before = 0.0  # RUNNING seconds of this model's earlier attempts: the budget covers them all
+        # One progress record per job tag: a resubmitted attempt resumes it (same output folder), so one watcher.
+        progress = self.progress[tag] = ProgressWatcher(self.cfg, tag, request.output_uri, self.log)
         while True:
             job = self.submit(build_custom_job(self.cfg, request, attempt=attempt))
             self.log(f"[{tag}] Vertex job {job.name}: {console_url(self.cfg, job.name)}")
@@ -665,7 +671,12 @@ class JobRunner:
                 self.log(f"[{tag}] {JobState(update.state).name} after {elapsed:.0f}s")
 
             log_lines = job_log_printer(self.cfg, tag, job.name, self.log, more_at=console_url(self.cfg, job.name))
-            done = self.watch(job.name, on_update=report, on_poll=log_lines, prior_running_seconds=ran_before)
+
+            def on_poll(update: aiplatform_v1.CustomJob) -> None:  # neither part raises (on_poll must not)
+                log_lines(update)
+                progress(update)
+
+            done = self.watch(job.name, on_update=report, on_poll=on_poll, prior_running_seconds=ran_before)
             ran_before += running_seconds(done, datetime.now(timezone.utc))
             if done.state == JobState.JOB_STATE_SUCCEEDED:
                 return JobOutcome(
@@ -676,6 +687,7 @@ class JobRunner:
                     console_url=console_url(self.cfg, done.name),
                     attempts=attempt,
                     seconds=time.monotonic() - started,
+                    running_seconds=ran_before,
                 )
             cancel_requested = done.name in _CANCEL_REQUESTED or JobState.JOB_STATE_CANCELLING in seen
             decision = self.policy.decide(done, attempt, cancel_requested=cancel_requested)
