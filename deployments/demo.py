@@ -209,7 +209,7 @@ def run_and_report(env: dict, port: int | None, how: str = "", deployment: str =
         print("\n" + metrics_table(json.loads(rows) if isinstance(rows, str) else rows))
     if summary := artifacts.get("finsent-summary"):
         print("\n" + summary + "\n")
-    ui = f"; UI: http://127.0.0.1:{port}/runs/flow-run/{flow_run.id}" if port else ""
+    ui = f"; UI: http://127.0.0.1:{port}/v2/runs/flow-run/{flow_run.id}" if port else ""
     _say(f"flow run {flow_run.name} ended {state.name} after {time.monotonic() - started:.0f}s{how}{ui}")
     if state.type != StateType.COMPLETED:
         _say(f"error: {state.message or state.name}")
