@@ -29,6 +29,7 @@ from prefect.futures import PrefectFuture
 from tasks import gcs
 from tasks.config import PipelineConfig
 from tasks.errors import StorageError
+from tasks.report import job_cost
 from tasks.sweep import Trial, pick_winner, trial_rows
 from tasks.training import train_model
 from tasks.vertex import JobOutcome
@@ -164,15 +165,20 @@ def report_trials(cfg: PipelineConfig, storage: StorageClient, layout: BucketLay
         first = next(iter(results.values()))
         raise first if isinstance(first, BaseException) else StorageError(f"{model}: the sweep ran no trial")
     winner = pick_winner(metrics)
-    cost = {tid: getattr(result, "cost_usd", None) for tid, result in results.items()
-            if not isinstance(result, BaseException)}  # JobOutcome.cost_usd where the runner records it
+    # each trial's RUNNING time x the list price, as the report prices a model's job (None: not priced); a failed
+    # trial's time is not known here (its error has no outcome), so the sweep's total covers the succeeded ones
+    cost = {tid: job_cost(cfg, result.running_seconds)[0] for tid, result in results.items()
+            if not isinstance(result, BaseException)}  # fmt: skip
+    total = round(sum(cost.values()), 6) if cost and None not in cost.values() else None
     rows = trial_rows(cfg.sweep_trials(), metrics, winner=winner, seconds_by_trial=seconds, errors=errors,
                       cost_by_trial=cost)  # fmt: skip
+    spent = f"${total:.4f} for the succeeded trials" if total is not None else "cost not priced"
     create_table_artifact(
         key=TRIALS_ARTIFACT.format(model=model), table=rows,
-        description=f"{model} sweep: the winner has the best validation macro-F1 (test figures for the record only)",
+        description=f"{model} sweep: the winner has the best validation macro-F1 (test figures for the record "
+        f"only); {spent}",
     )  # fmt: skip
     best = metrics[winner]["validation"]["macro_f1"]
     get_run_logger().info(f"[{model}] sweep winner {winner} (validation macro-F1 {best:.4f}) of {len(metrics)} "
-                          f"succeeded trials" + (f"; failed: {', '.join(errors)}" if errors else ""))
+                          f"succeeded trials; {spent}" + (f"; failed: {', '.join(errors)}" if errors else ""))
     return results[winner]

@@ -50,6 +50,8 @@ def sweep_config(flow_config, small_csv):
     return flow_config | {
         # a project of its own: the sweep's concurrency limit is named by project, region and GPU
         "project": f"sweep-{uuid.uuid4().hex[:8]}",
+        # a machine tasks/pricing.py has a sourced price for, so the trials table shows each trial's cost
+        "machine_type": "n1-standard-4", "accelerator_type": None, "accelerator_count": 0,
         "models": ["lstm"],
         "params": {"lstm": lstm},
         "data": {"uri": str(small_csv)},
@@ -118,6 +120,10 @@ def test_a_four_trial_sweep_runs_two_at_a_time_and_reports_the_validation_winner
         assert row["validation_macro_f1"] == pytest.approx(metrics[row["trial"]]["validation"]["macro_f1"], abs=1e-4)
         assert row["test_macro_f1"] == pytest.approx(metrics[row["trial"]]["test"]["macro_f1"], abs=1e-4)
         assert row["epochs"] == 1 and row["seconds"] > 0 and row["state"] == "SUCCEEDED"
+        # cost: the trial's RUNNING time by the emulator's timestamps x the list price
+        (job,) = (job for job in jobs if job["labels"][LABEL_TRIAL] == row["trial"])
+        ran = (_time(job["endTime"]) - _time(job["startTime"])).total_seconds()
+        assert row["cost_usd"] == pytest.approx(cfg.hourly_usd() * ran / 3600, rel=0.05, abs=1e-6)
     # only the winner's test figures are the model's result, and they feed the champion rule
     (row,) = result["metrics"]
     assert row["model"] == "lstm"
