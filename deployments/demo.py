@@ -73,7 +73,8 @@ def format_log(level: int, message: str, when: datetime, task: str | None = None
         return None
     lines = [line for line in message.splitlines() if line.strip()] or [""]
     if len(lines) > 2 and any(line.startswith("Traceback (most recent call last)") for line in lines):
-        lines = [lines[0], "... " + lines[-1].strip()]
+        error = lines[-1].strip()
+        lines = [lines[0]] + ([] if error.partition(": ")[2] in lines[0] else ["... " + error])
     text = "\n         ".join(lines)
     prefix = f"{_clock(when)} " + (f"{task} | " if task else "")
     return prefix + (text if level == logging.INFO else f"{logging.getLevelName(level)}: {text}")

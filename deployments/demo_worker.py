@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 
-from deployments.demo import BIN, STATE, _say, _start, demo_env, demo_settings, run_and_report, stop_server
+from deployments.demo import BIN, REPO, STATE, _say, _start, demo_env, demo_settings, run_and_report, stop_server
 from emulators._proc import free_port, kill_group, wait_http_ready
 from emulators.gcs import FakeGcs
 from emulators.vertex import VertexEmulator

@@ -29,14 +29,15 @@ def test_a_log_line_has_its_time_task_and_level_and_debug_is_hidden():
     assert format_state("Failed", "DataError: bad labels", WHEN) == f"{clock} flow run -> Failed: DataError: bad labels"
 
 
-def test_a_traceback_is_cut_to_its_first_and_last_lines():
-    message = ("Task run failed with exception: DataError('bad labels')\nTraceback (most recent call last):\n"
-               '  File "x.py", line 1, in <module>\n    raise DataError("bad labels")\n'
-               "tasks.errors.DataError: bad labels\n")
-    line = format_log(logging.ERROR, message, WHEN)
-    assert line.endswith("ERROR: Task run failed with exception: DataError('bad labels')\n"
-                         "         ... tasks.errors.DataError: bad labels")
+def test_a_traceback_is_cut_to_its_first_line_and_the_error():
+    trace = ('Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n    raise DataError("bad labels")\n'
+             "tasks.errors.DataError: bad labels\n")
+    line = format_log(logging.ERROR, "Encountered an exception\n" + trace, WHEN)
+    assert line.endswith("ERROR: Encountered an exception\n         ... tasks.errors.DataError: bad labels")
     assert "File" not in line
+    # Prefect's own lines name the error already: the first line alone, not the error twice.
+    line = format_log(logging.ERROR, "Task run failed with exception: DataError('bad labels')\n" + trace, WHEN)
+    assert line.endswith("ERROR: Task run failed with exception: DataError('bad labels')")
 
 
 def test_the_metrics_table_shows_cost_only_when_the_rows_have_it():
