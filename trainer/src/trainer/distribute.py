@@ -23,11 +23,12 @@ Vertex's cluster description: https://cloud.google.com/vertex-ai/docs/training/d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Mapping, Optional, Tuple
+from typing import Iterator, Mapping, Optional, Tuple
 
 from trainer.errors import ConfigError
 
@@ -222,6 +223,22 @@ def same_file_everywhere(path: str, topology: Topology) -> str:
         with open(path, "wb") as f:
             f.write(chief.tobytes())
     return path
+
+
+@contextlib.contextmanager
+def local_scope() -> Iterator[None]:
+    """Keras objects created inside live on this process only. Under a multi-process distribution every variable
+    Keras creates is placed on the global mesh, which JAX makes a collective (it checks the value is the same on
+    every process); `model.save_weights` creates reference objects (saving_lib's `Optimizer(1.0)`), so a save that
+    only the chief runs would wait forever for the workers, or pair with another collective of theirs."""
+    import keras
+
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(previous)
 
 
 def local_only() -> None:

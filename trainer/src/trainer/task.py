@@ -186,6 +186,10 @@ def _run(cfg: TrainConfig, splits: dict, work_dir: str) -> dict:
         for name, s in splits.items()
     }
 
+    # Seeded again: the initial weights come from the seed alone, not from the I/O since the first seeding (a GCS
+    # upload draws a multipart boundary from Python's random, and only the chief uploads), so every replica of a
+    # multi-machine run starts from the same weights (JAX refuses replicated values that differ between processes).
+    keras.utils.set_random_seed(cfg.seed)
     if cfg.model == "bert":
         model = build_bert(pretrained_dir, len(LABELS), cfg.dropout, cfg.max_seq_len, cfg.pooling, work_dir=work_dir)
     else:

@@ -28,6 +28,7 @@ import numpy as np
 from trainer import storage
 from trainer.config import TrainConfig
 from trainer.data import BucketedBatches
+from trainer.distribute import local_scope
 from trainer.errors import ConfigError
 from trainer.metrics import macro_f1
 from trainer.progress import ProgressRecorder, keras_callback as progress_callback
@@ -99,7 +100,8 @@ class CheckpointStore:
             return state
         local_dir = os.path.join(self.local, rel_dir)
         os.makedirs(local_dir, exist_ok=True)
-        model.save_weights(os.path.join(local_dir, "model.weights.h5"))
+        with local_scope():  # only the writer saves: nothing in it may wait for the other replicas
+            model.save_weights(os.path.join(local_dir, "model.weights.h5"))
         with open(os.path.join(self.local, EPOCH_LOG), "a") as f:
             f.write(json.dumps(log_entry) + "\n")
         tmp_state = os.path.join(self.local, STATE_FILE + ".tmp")
@@ -144,7 +146,11 @@ class CheckpointStore:
         log.info("restored model and optimizer state (optimizer step %d)", step)
 
     def best_weights_path(self, state: dict) -> str:
-        return os.path.join(self.local, state["best_weights"])
+        """Local path of the best epoch's weights; a non-writer (which saved none) fetches the writer's copy."""
+        path = os.path.join(self.local, state["best_weights"])
+        if not os.path.exists(path) and not self._pull(state["best_weights"]):
+            raise ConfigError(f"checkpoint {self.uri} is incomplete: {state['best_weights']} is missing")
+        return path
 
 
 # --------------------------------------------------------------------------------------------- feeding
@@ -339,7 +345,12 @@ def train_model(cfg: TrainConfig, model: keras.Model, train: BucketedBatches, va
     finished = state["epoch"] >= cfg.epochs or state.get("stopped_early")
     if not finished:
         feed = _Feed(train, cfg.seed, first_epoch=state["epoch"], rows=rows)
-        model.fit(feed, epochs=cfg.epochs, initial_epoch=state["epoch"], callbacks=callbacks, verbose=2)
+        # shuffle=False: `_Feed` orders each epoch from the seed. Keras' own shuffle of a PyDataset's batches
+        # (fit's default) draws from Python's `random`, whose state depends on the I/O so far: a resumed run and
+        # every replica of a multi-machine run would each see another order (the replicas' steps would not even
+        # match in shape).
+        model.fit(feed, epochs=cfg.epochs, initial_epoch=state["epoch"], callbacks=callbacks, verbose=2,
+                  shuffle=False)
     else:
         log.info("checkpoint already holds a finished run (epoch %d); skipping training", state["epoch"])
 
