@@ -5,7 +5,8 @@ deployments (`{{ finsent.config }}`, `{{ finsent.cron }}`, ...), so the YAML hol
 config and crons come from deployments/serve.py (`config_from_env`, `validate_cron`, DEFAULT_CRON, REAP_CRON), the
 code `serve` uses, and the two paths cannot drift.
 
-Where the settings come from: FINSENT_CONFIG (a JSON file of PipelineConfig fields) or else the Prefect variable
+Where the settings come from: FINSENT_CONFIG (a JSON file of PipelineConfig fields, or several joined by ':', each
+merged over the ones before it: serve.py `read_config_files`) or else the Prefect variable
 `finsent_config` (the same JSON object), then the FINSENT_* overrides of serve.py; the cron from FINSENT_CRON, else
 the Prefect variable `finsent_cron`, else DEFAULT_CRON.
 
