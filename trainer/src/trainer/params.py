@@ -82,8 +82,13 @@ PARAMS: Tuple[Param, ...] = (
         "one, a WordPiece vocab is trained on the training split)."),
     Param("epochs", "int", {"bert": 4, "lstm": 15}, "Maximum number of epochs (early stopping may end sooner).",
         minimum=1, maximum=100),
-    Param("batch_size", "int", _both(32), "Batch size (fixed for every padded length).", minimum=1, maximum=4096),
-    Param("learning_rate", "float", {"bert": 5e-5, "lstm": 2e-3}, "Peak learning rate.", above=0, below=1),
+    Param("batch_size", "int", _both(32),
+        "Global batch size (fixed for every padded length): with several GPUs or replicas it is split evenly over "
+        "all of them, so it must divide by their number, and the same settings train the same model on any "
+        "topology (docs/scaling.md).", minimum=1, maximum=4096),
+    Param("learning_rate", "float", {"bert": 5e-5, "lstm": 2e-3},
+        "Peak learning rate, used as given whatever the number of devices (not scaled with them).", above=0,
+        below=1),
     Param("max_seq_len", "int", _both(128),
         "Truncate to this many WordPiece tokens; batches are padded to one of a few fixed lengths up to this "
         "(see buckets).", minimum=8, maximum=512),
