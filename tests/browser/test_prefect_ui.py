@@ -1,5 +1,6 @@
 """A finished train run seen in the Prefect UI as a user sees it: headless Chromium renders the flow run's page and
-its artifacts' pages, and the metrics table, the summary and the progress of each model are in the rendered text.
+its artifacts' pages, and the metrics table, the summary, the model's per-epoch table and its progress are in the
+rendered text.
 
 Routes are those of Prefect 3's default UI (ui-v2, where the server sends `/`): /v2/runs/flow-run/$id?tab=Artifacts
 and /v2/artifacts/artifact/$id (the route table of prefect/server/ui-v2's bundle). FINSENT_UI_SCREENSHOT=path.png
@@ -16,9 +17,16 @@ import anyio
 import pytest
 
 from bench.ui_screenshot import Chromium, flow_run_url, shoot_flow_run
+from tasks.progress import artifact_key
 
 pytestmark = pytest.mark.slow
-REQUIRED = ("finsent-metrics", "finsent-summary")
+MODEL = "lstm"  # the tiny run's one model (conftest.finished_run)
+REQUIRED = ("finsent-metrics", "finsent-summary", artifact_key(MODEL), f"finsent-epochs-{MODEL}")
+
+
+def shown(value) -> str:
+    """A JSON number as the UI (JavaScript's String) writes it: 2.0 -> '2', 0.3667 -> '0.3667'."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 async def _artifacts(api: str, flow_run_id: str) -> list:
@@ -42,11 +50,14 @@ def test_the_finished_runs_page_shows_its_metrics_summary_and_progress(chromium,
         def artifact_page(key: str, *expected: str) -> str:
             return browser.open(f"{ui_server}/v2/artifacts/artifact/{artifacts[key].id}", wait_for=(key, *expected))
 
-        # The metrics table, rendered as a table: each model's row with its figures as the API holds them.
-        rows = artifacts["finsent-metrics"].data
-        rows = json.loads(rows) if isinstance(rows, str) else rows
-        cells = [str(value) for row in rows for value in (row["model"], row["test_accuracy"], row["test_macro_f1"])]
-        artifact_page("finsent-metrics", *cells, *rows[0])  # and the column names
+        # Each table (the metrics, the model's per-epoch table) rendered with its column names; the metrics table
+        # with each model's figures as the API holds them.
+        for key, artifact in artifacts.items():
+            if artifact.type == "table":
+                rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+                cells = [shown(row[column]) for row in rows for column in ("model", "test_accuracy", "test_macro_f1")
+                         if key == "finsent-metrics"]
+                artifact_page(key, *rows[0], *cells)
 
         # The summary, rendered from markdown (its heading's text without the '## ').
         heading = artifacts["finsent-summary"].data.splitlines()[0]
@@ -54,10 +65,8 @@ def test_the_finished_runs_page_shows_its_metrics_summary_and_progress(chromium,
         summary = artifact_page("finsent-summary", heading.removeprefix("## "))
         assert heading not in summary
 
-        # Each model's progress artifact (finsent-progress-<model>), where the run has one: its percentage.
-        for key, artifact in artifacts.items():
-            if artifact.type == "progress":
-                artifact_page(key, f"Progress: {float(artifact.data):g}%")
+        # The model's progress artifact: its percentage.
+        artifact_page(artifact_key(MODEL), f"Progress: {shown(float(artifacts[artifact_key(MODEL)].data))}%")
 
         if path := os.environ.get("FINSENT_UI_SCREENSHOT"):
             shoot_flow_run(browser, ui_server, finished_run, Path(path), wait_for=tuple(artifacts))
