@@ -52,14 +52,18 @@ def test_the_interval_comes_from_the_environment_when_set(monkeypatch):
     assert P.interval_seconds() == 30.0
 
 
-def test_only_the_chief_replica_writes(monkeypatch):
-    for env in ("CLUSTER_SPEC", "TF_CONFIG"):
-        monkeypatch.delenv(env, raising=False)
-    assert P.is_chief()
-    monkeypatch.setenv("CLUSTER_SPEC", json.dumps({"task": {"type": "workerpool1", "index": 0}}))
-    assert not P.is_chief()
-    monkeypatch.setenv("CLUSTER_SPEC", json.dumps({"task": {"type": "workerpool0", "index": 0}}))
-    assert P.is_chief()
+def test_only_the_chief_replica_writes(tmp_path, monkeypatch):
+    worker = {"cluster": {"workerpool0": ["chief:2222"], "workerpool1": ["w:2222"]},
+              "task": {"type": "workerpool1", "index": 0}}
+    monkeypatch.setenv("CLUSTER_SPEC", json.dumps(worker))
+    rec = P.ProgressRecorder(str(tmp_path), "lstm", epochs=1, steps_per_epoch=1, samples_per_epoch=1, interval=0.0)
+    rec.start(_state(0))
+    rec.epoch_end(_state(1))
+    assert not (tmp_path / P.PROGRESS_FILE).exists(), "a worker writes no record"
+    monkeypatch.setenv("CLUSTER_SPEC", json.dumps(worker | {"task": {"type": "workerpool0", "index": 0}}))
+    chief = P.ProgressRecorder(str(tmp_path), "lstm", epochs=1, steps_per_epoch=1, samples_per_epoch=1, interval=0.0)
+    chief.start(_state(0))
+    assert (tmp_path / P.PROGRESS_FILE).exists()
 
 
 def test_recorder_writes_at_start_throttled_inside_an_epoch_and_at_every_epoch_end(tmp_path):

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from typing import Callable, List, Optional
 
 from trainer import storage
+from trainer.distribute import is_chief  # the one rule of which replica writes the run's files
 from trainer.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -42,24 +43,6 @@ def interval_seconds() -> float:
             log.warning("%s=%r is not a number of seconds; using %g", INTERVAL_ENV, raw, DEFAULT_INTERVAL_SECONDS)
         return DEFAULT_INTERVAL_SECONDS
     return max(0.0, value)
-
-
-def is_chief() -> bool:
-    """Whether this replica writes the run's shared files. Vertex gives each replica CLUSTER_SPEC (task type
-    workerpool0 = the chief's pool) and TF_CONFIG (type "chief"/"master") when a job has several replicas
-    (https://cloud.google.com/vertex-ai/docs/training/distributed-training#cluster-spec-format); a single replica,
-    or a process outside Vertex, is the chief."""
-    for env, chief_types in (("CLUSTER_SPEC", ("workerpool0",)), ("TF_CONFIG", ("chief", "master"))):
-        raw = os.environ.get(env)
-        if not raw:
-            continue
-        try:
-            task = json.loads(raw).get("task") or {}
-        except (ValueError, AttributeError):
-            continue
-        if task.get("type"):
-            return task["type"] in chief_types and int(task.get("index", 0) or 0) == 0
-    return True
 
 
 # --- pure -----------------------------------------------------------------------------------------------------------
