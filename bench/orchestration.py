@@ -10,7 +10,9 @@ temporary Prefect server (prefect_test_harness), then measures:
    (Prefect task runs) and the poll lag (job endTime -> the flow's "SUCCEEDED" log line);
 2. bytes uploaded by that forced unchanged re-run (content-addressed: target 0), and that a non-forced unchanged
    re-run skips without creating a job;
-3. polling cost (in a thread, while the Prefect server starts and the flow runs of 1 go): a throwaway sdist whose module sleeps 60 s (not the trainer), submitted through
+3. the progress watch's reads (tasks/progress.py, on the flow's own polls): GCS requests per poll over the measured
+   runs, counted by the watchers themselves (each read is one GET of progress.json);
+4. polling cost (in a thread, while the Prefect server starts and the flow runs of 1 go): a throwaway sdist whose module sleeps 60 s (not the trainer), submitted through
    `tasks.vertex.JobRunner.submit` + `watch` with the default `PollConfig()`: GETs counted by the emulator's request
    log, and how soon each state change was seen; plus, from the pure `next_poll_delay`, the polls of a one-hour job
    and the largest gap in the first minute.
@@ -156,7 +158,22 @@ def _measure_flow_run(train, cfg, *, force: bool, run_key: str, admin) -> dict:
     return out
 
 
-# --- part 3: polling a 60 s job -----------------------------------------------------------------------------------
+def _count_progress_watchers() -> list:
+    """Every ProgressWatcher the flow's runners make from now on (they count their own polls and GCS reads)."""
+    from tasks import progress
+
+    made: list = []
+    init = progress.ProgressWatcher.__init__
+
+    def counting_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    progress.ProgressWatcher.__init__ = counting_init
+    return made
+
+
+# --- part 4: polling a 60 s job -----------------------------------------------------------------------------------
 def _poll_sixty_second_job(gcs_endpoint: str, vertex_endpoint: str, bucket: str, admin) -> dict:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
@@ -265,6 +282,7 @@ def main() -> dict:
                 })  # fmt: skip  (poll: the defaults, which is what is measured)
                 _log("warm-up flow run")
                 warm = _measure_flow_run(train, cfg, force=False, run_key="bench-warmup", admin=admin)
+                watchers = _count_progress_watchers()
                 runs = []
                 for i in range(MEASURED_RUNS):
                     _log(f"warm-up: {warm['wall_s']} s; measured run {i + 1}/{MEASURED_RUNS} (force=True)")
@@ -276,6 +294,9 @@ def main() -> dict:
                 report["warm_runs_overhead_s"] = [r["overhead_s"] for r in runs]
                 report["warm_runs_poll_lag_at_end_s"] = [r["poll_lag_at_end_s"] for r in runs]
                 report["warm_runs_overhead_median_s"] = statistics.median(r["overhead_s"] for r in runs)
+                polls, reads = sum(w.polls for w in watchers), sum(w.reads for w in watchers)
+                report["progress_watch"] = {"polls": polls, "gcs_reads": reads,
+                                            "gcs_reads_per_poll": round(reads / polls, 3) if polls else None}
                 report["warmup_run_wall_s"] = warm["wall_s"]
                 report["unchanged_rerun"] = {
                     "forced_bytes_uploaded": max(r["bytes_uploaded"] for r in runs),
@@ -296,6 +317,7 @@ def main() -> dict:
         "unforced_rerun_skips": report["unchanged_rerun"]["not_forced_skipped"]
         and report["unchanged_rerun"]["not_forced_jobs_created"] == 0,
         "one_hour_job_lt_120_polls": report["poll_schedule"]["one_hour_job_polls"] < 120,
+        "progress_gcs_reads_le_1_per_poll": (report["progress_watch"]["gcs_reads_per_poll"] or 0) <= 1,
         "first_minute_changes_seen_within_10s": report["poll_schedule"]["first_minute_max_gap_s"] <= 10
         and (report["poll_60s_job"]["running_noticed_after_s"] or 0) <= 10,
     }
