@@ -24,12 +24,14 @@ $(VENV)/.installed: pyproject.toml trainer/pyproject.toml constraints.txt Makefi
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e trainer
 	touch $@
 
+# A user's settings merged over deployments/emulators.json: make demo CONFIG=my.json (README, "Your own data").
+CONFIG ?=
 demo: venv
-	$(BIN)/python -m deployments.demo
+	$(if $(CONFIG),FINSENT_DEMO_CONFIG=$(CONFIG)) $(BIN)/python -m deployments.demo
 
 # The same flow run through prefect.yaml: `prefect deploy --all` + a process worker, on the emulators, offline.
 demo-worker: venv
-	$(BIN)/python -m deployments.demo_worker
+	$(if $(CONFIG),FINSENT_DEMO_CONFIG=$(CONFIG)) $(BIN)/python -m deployments.demo_worker
 
 test: venv
 	KERAS_BACKEND=jax $(BIN)/python -m pytest
