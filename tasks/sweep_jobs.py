@@ -47,7 +47,10 @@ LEASE_SECONDS = 300.0
 
 def limit_name(cfg: PipelineConfig) -> str:
     """The shared concurrency limit of the trials of every run on these GPUs (or this machine type without GPUs):
-    Vertex's GPU quota is per project, region and accelerator type."""
+    Vertex's training quotas are per project and region, one per accelerator type (https://cloud.google.com/
+    vertex-ai/docs/quotas: "Custom model training Nvidia T4 GPUs per region", metric
+    aiplatform.googleapis.com/custom_model_training_nvidia_t4_gpus; "quotas generally apply at the Google Cloud
+    project level")."""
     hardware = cfg.accelerator_type or cfg.machine_type
     return re.sub(r"[^a-z0-9_-]", "-", f"finsent-sweep-{cfg.project}-{cfg.region}-{hardware}".lower())
 
