@@ -79,7 +79,7 @@ def _bad_settings(tmp_path) -> dict:
         "bad cron": ({"FINSENT_CONFIG": str(DEMO_CONFIG), "FINSENT_CRON": "0 3 * *"},
                      "finsent: error: FINSENT_CRON='0 3 * *' is not a valid cron expression"),
         "bad config": ({"FINSENT_CONFIG": str(write_config(tmp_path / "bad.json", good | {"region": "us-central9"}))},
-                       "finsent: error: invalid finsent config: region: region 'us-central9' does not offer Vertex"),
+                       "finsent: error: invalid finsent config: region 'us-central9' does not offer Vertex"),
         "unreadable file": ({"FINSENT_CONFIG": str(tmp_path / "missing.json")},
                      "finsent: error: FINSENT_CONFIG="),
         "no settings": ({}, "finsent: error: no settings: set FINSENT_CONFIG"),
