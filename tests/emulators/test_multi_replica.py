@@ -29,7 +29,7 @@ from tasks.config import parse_config
 from tasks.vertex import JobRequest, build_custom_job
 from emulators.sample_data import make_sentences
 
-PARAMS = {"epochs": 3, "batch_size": 8, "max_seq_len": 32, "buckets": [16], "learning_rate": 0.01,
+PARAMS = {"epochs": 3, "batch_size": 8, "max_seq_len": 32, "buckets": [16], "learning_rate": 0.03, "dropout": 0.2,
           "pretrained": None, "lstm_embeddings": "learned", "lstm_units": 8, "lstm_embedding_dim": 8,
           "lstm_vocab_size": 200, "patience": 5}
 CHIEF, WORKER = "workerpool0-0", "workerpool1-0"

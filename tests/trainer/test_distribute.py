@@ -127,7 +127,8 @@ def _args(splits: dict, vocab_from, out, *extra: str) -> list:
             "--train-data", str(splits["train"]),
             "--validation-data", str(splits["validation"]), "--test-data", str(splits["test"]),
             "--output-dir", str(out), "--batch-size", "8", "--max-seq-len", "32", "--buckets", "16",
-            "--lstm-units", "8", "--lstm-embedding-dim", "8", "--lstm-vocab-size", "200", "--learning-rate", "0.01",
+            "--lstm-units", "8", "--lstm-embedding-dim", "8", "--lstm-vocab-size", "200", "--learning-rate", "0.03",
+            "--dropout", "0.2",
             "--epochs", "3", "--patience", "5", *extra]
 
 
