@@ -56,10 +56,13 @@ class BucketLayout:
 
     def trial_output(self, run_key: str, model: str, trial: str) -> str:
         """One sweep trial's job base output directory (tasks/sweep.py), under the model's folder."""
-        return self._uri("runs", run_label(run_key), model, "trials", trial)
+        return self._trial_output(run_label(run_key), model, trial)
 
     def _run_output(self, run_label: str, model: str) -> str:
         return self._uri("runs", run_label, model)
+
+    def _trial_output(self, run_label: str, model: str, trial: str) -> str:
+        return f"{self._run_output(run_label, model)}/trials/{trial}"
 
     @staticmethod
     def model_dir(output_uri: str) -> str:
@@ -112,7 +115,10 @@ class BucketLayout:
             (output + "/", "a job's base output directory (<run label>: the run key as a GCP label)"),
             (self.model_dir(output), "AIP_MODEL_DIR: the exported model"),
             (self.metrics(output), "read by the report"),
+            (self.progress(output), "the job's progress, read by the watch while it runs"),
+            (self.curves(output), "the training curves, drawn by the report"),
             (self.checkpoint_dir(output), "AIP_CHECKPOINT_DIR: a resubmitted job resumes here"),
+            (self._trial_output("<run label>", "<model>", "<trial>") + "/", "a sweep trial's base output directory"),
             (self.trained_marker("<inputs key>"), "these inputs were trained: an unchanged rerun skips"),
             (self.champion, "the champion model"),
         ]

@@ -52,7 +52,10 @@ def test_tree_names_every_object():
         "runs/<run label>/<model>/",
         "runs/<run label>/<model>/model/",
         "runs/<run label>/<model>/model/metrics.json",
+        "runs/<run label>/<model>/model/progress.json",
+        "runs/<run label>/<model>/model/curves.svg",
         "runs/<run label>/<model>/checkpoints/",
+        "runs/<run label>/<model>/trials/<trial>/",
         "trained/<inputs key>.json",
         "champion.json",
     ]
