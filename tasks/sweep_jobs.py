@@ -15,6 +15,8 @@ How many trial jobs run at once, two caps:
 
 from __future__ import annotations
 
+import dataclasses
+
 import re
 from typing import TYPE_CHECKING
 
@@ -184,4 +186,7 @@ def report_trials(cfg: PipelineConfig, storage: StorageClient, layout: BucketLay
     best = metrics[winner]["validation"]["macro_f1"]
     get_run_logger().info(f"[{model}] sweep winner {winner} (validation macro-F1 {best:.4f}) of {len(metrics)} "
                           f"succeeded trials; {spent}" + (f"; failed: {', '.join(errors)}" if errors else ""))
-    return results[winner]
+    # The model's cost in the report (metrics table, summary, run total) is the whole sweep's: every succeeded trial
+    # was paid for to pick this one (Vertex does not bill a job that failed for a reason other than a cancel).
+    succeeded = [result for result in results.values() if not isinstance(result, BaseException)]
+    return dataclasses.replace(results[winner], running_seconds=sum(result.running_seconds for result in succeeded))

@@ -129,6 +129,10 @@ def test_a_four_trial_sweep_runs_two_at_a_time_and_reports_the_validation_winner
     assert row["model"] == "lstm"
     assert row["test_macro_f1"] == pytest.approx(metrics[winner]["test"]["macro_f1"], abs=1e-4)
     assert row["validation_macro_f1"] == pytest.approx(metrics[winner]["validation"]["macro_f1"], abs=1e-4)
+    # ... while the model's cost is the whole sweep's: every trial was paid for to pick the winner
+    sweep_usd = sum(r["cost_usd"] for r in table)
+    assert row["cost_usd"] == pytest.approx(sweep_usd, rel=1e-3) and result["cost"]["total_usd"] == pytest.approx(
+        sweep_usd, rel=1e-3)
 
     # The same run key again, forced past the unchanged-inputs skip: every trial reattaches, no job is created.
     vertex_admin.clear_requests()
