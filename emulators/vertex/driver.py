@@ -13,7 +13,7 @@ import threading
 import time
 import traceback
 
-from emulators._proc import kill_group, signal_group
+from emulators._proc import free_port, kill_group, signal_group
 from emulators.vertex.errors import JobSetupError
 from emulators.vertex.faults import Faults
 from emulators.vertex.job_files import JobFiles, job_log_url
@@ -267,7 +267,7 @@ class JobDriver:
 
     def _start_replicas(self, record: JobRecord, prepared: Prepared) -> dict[str, ReplicaProcess]:
         job = record.resource
-        cluster = cluster_addresses(job)
+        cluster = cluster_addresses(job, free_port)  # ports of this start: concurrent jobs never share one
         procs: dict[str, ReplicaProcess] = {}
         previous = {r.replica: r for r in record.replicas}
         replicas: list[ReplicaInfo] = []

@@ -8,7 +8,7 @@ the job has more than one replica, TF_CONFIG (workerpool0..3 = chief, worker, ps
 from __future__ import annotations
 
 import json
-from typing import Mapping
+from typing import Callable, Mapping
 
 from emulators.vertex.spec import active_pools, replica_count
 
@@ -19,9 +19,20 @@ TF_TASK_TYPES = ("chief", "worker", "ps", "evaluator")
 _FIRST_PORT = 22220
 
 
-def cluster_addresses(job: dict) -> dict[str, list[str]]:
-    """`{"workerpool0": ["127.0.0.1:22220"], "workerpool1": [...]}`: one loopback address per replica."""
-    return {f"workerpool{i}": [f"127.0.0.1:{_FIRST_PORT + 10 * i + r}" for r in range(replica_count(pool))]
+def cluster_addresses(job: dict, next_port: Callable[[], int] | None = None) -> dict[str, list[str]]:
+    """`{"workerpool0": ["127.0.0.1:22220"], "workerpool1": [...]}`: one loopback address per replica. Each replica
+    of Vertex has a host of its own; here they share 127.0.0.1, so the driver passes `next_port` (a free port per
+    call) and two multi-replica jobs running at once do not collide. Without it: fixed ports from 22220."""
+    fixed = iter(range(_FIRST_PORT, _FIRST_PORT + 10_000))
+    taken: set[int] = set()
+
+    def port() -> int:
+        while (chosen := next_port() if next_port else next(fixed)) in taken:
+            pass
+        taken.add(chosen)
+        return chosen
+
+    return {f"workerpool{i}": [f"127.0.0.1:{port()}" for _ in range(replica_count(pool))]
             for i, pool in active_pools(job)}
 
 

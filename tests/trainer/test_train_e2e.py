@@ -37,7 +37,7 @@ def test_lstm_learns_the_synthetic_task(splits, tmp_path):
     """Also with every batch padded to one length (--buckets = --max-seq-len 64: one XLA compilation per step
     function)."""
     out = tmp_path / "out"
-    proc = run_trainer(*base_args(splits, out, "lstm", *LSTM_FROM_SCRATCH, "--epochs", "4", "--buckets", "64"))
+    proc = run_trainer(*base_args(splits, out, "lstm", *LSTM_FROM_SCRATCH, "--epochs", "8", "--buckets", "64"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["test"]["accuracy"] >= 0.8, m["test"]
