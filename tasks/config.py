@@ -323,7 +323,12 @@ class PipelineConfig(_Strict):
             if self.sweep.model not in self.models:
                 raise ValueError(f"sweep.model {self.sweep.model} is not in models ({', '.join(self.models)}); "
                                  "add it to models")
-            self.sweep_trials()
+            for trial in self.sweep_trials():  # a swept batch_size must fit the devices too (_batch_fits_the_devices)
+                try:
+                    check_batch(trial.params["batch_size"], self.replica_count, self.accelerator_count or 1,
+                                spell=f"sweep trial {trial.trial_id} batch_size")
+                except TrainerConfigError as exc:
+                    raise ValueError(str(exc)) from None
         return self
 
     def sweep_trials(self) -> list[Trial]:

@@ -191,3 +191,13 @@ def test_the_shared_limit_is_named_by_the_scope_of_the_gpu_quota():
     assert limit_name(config(GRID)) == "finsent-sweep-p-us-central1-nvidia_tesla_t4"
     cpu = config(GRID, accelerator_type=None, accelerator_count=0, machine_type="n1-standard-4")
     assert limit_name(cpu) == "finsent-sweep-p-us-central1-n1-standard-4"
+
+
+def test_a_swept_batch_size_that_does_not_split_over_the_gpus_is_refused_before_upload():
+    """2 x T4 train data-parallel (docs/scaling.md): every trial's global batch must divide by the devices."""
+    raw = {"project": "p", "region": "us-central1", "bucket": "finsent-b", "models": ["lstm"],
+           "machine_type": "n1-standard-8", "accelerator_type": "NVIDIA_TESLA_T4", "accelerator_count": 2,
+           "sweep": {"model": "lstm", "grid": {"batch_size": [32, 33]}, "parallel": 2}}
+    with pytest.raises(ConfigError, match=r"sweep trial t1-\w+ batch_size 33 .*divide by the 2 devices"):
+        parse_config(raw)
+    parse_config(raw | {"sweep": {"model": "lstm", "grid": {"batch_size": [32, 64]}, "parallel": 2}})
