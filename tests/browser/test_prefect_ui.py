@@ -1,6 +1,6 @@
 """A finished train run seen in the Prefect UI as a user sees it: headless Chromium renders the flow run's page and
 its artifacts' pages, and the metrics table, the summary, the model's per-epoch table and its progress are in the
-rendered text.
+rendered text, and the curves chart is drawn.
 
 Routes are those of Prefect 3's default UI (ui-v2, where the server sends `/`): /v2/runs/flow-run/$id?tab=Artifacts
 and /v2/artifacts/artifact/$id (the route table of prefect/server/ui-v2's bundle). FINSENT_UI_SCREENSHOT=path.png
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -67,6 +68,16 @@ def test_the_finished_runs_page_shows_its_metrics_summary_and_progress(chromium,
 
         # The model's progress artifact: its percentage.
         artifact_page(artifact_key(MODEL), f"Progress: {shown(float(artifacts[artifact_key(MODEL)].data))}%")
+
+        # The model's curves: the chart (an SVG data-URI image in the markdown, tasks/curves.py) is drawn, not
+        # stripped by the UI's markdown sanitizer, and the sparkline table beside it is there.
+        artifact_page(f"finsent-curves-{MODEL}", f"{MODEL}: training curves")
+        drawn = ("Array.from(document.images).filter(i => i.src.startsWith('data:image/svg') && i.complete"
+                 " && i.naturalWidth > 0).length")
+        deadline = time.monotonic() + 30
+        while not browser.evaluate(drawn) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert browser.evaluate(drawn) == 1, "the curves chart is not drawn on its artifact's page"
 
         if path := os.environ.get("FINSENT_UI_SCREENSHOT"):
             shoot_flow_run(browser, ui_server, finished_run, Path(path), wait_for=tuple(artifacts))

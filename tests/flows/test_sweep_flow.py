@@ -177,7 +177,7 @@ def test_an_admin_limit_below_parallel_caps_two_flow_runs_together(vertex_emulat
         thread.join(timeout=240)
     assert set(results) == set(run_keys)
     assert all(isinstance(outcome, vertex.JobOutcome) for result in results.values() for outcome in result.values())
-    jobs = [job for job in vertex_admin.jobs() if job["labels"].get(LABEL_RUN) in {run_label(k) for k in run_keys}]
+    jobs = [job for job in vertex_admin.jobs() if job.get("labels", {}).get(LABEL_RUN) in {run_label(k) for k in run_keys}]
     assert len(jobs) == 4 and all(job["state"] == "JOB_STATE_SUCCEEDED" for job in jobs)
     assert most_running_at_once(jobs) == 1, "the shared limit of 1 slot, not each run's parallel 2"
     with get_client(sync_client=True) as client:
