@@ -582,7 +582,9 @@ class JobRunner:
                     note = self._cancel_after_watch(name)
                     raise JobTimeoutError(f"stopped watching {name} (last state {state}): {why}; {note}")
                 delay = next_poll_delay(now - started, delay, self.cfg.poll)
-                time.sleep(delay)
+                # The schedule spaces the GETs: the time on_update/on_poll took (log and progress reads) counts
+                # against the wait, so they do not stretch it (nor the lag at the job's end).
+                time.sleep(max(0.0, delay - (time.monotonic() - now)))
         except (JobTimeoutError, BudgetExceededError):
             raise
         except Exception as exc:
