@@ -273,17 +273,25 @@ def demo_settings(env: dict) -> tuple[dict, PipelineConfig]:
     return settings, cfg
 
 
-def main() -> int:
-    STATE.mkdir(exist_ok=True)
-    keep_ui = os.environ.get("KEEP_UI") == "1"
-    port = int(os.environ.get("PREFECT_PORT", "0")) or free_port()
-    env = demo_env(STATE / "prefect", port)
+def configured_env(env: dict) -> tuple[dict, PipelineConfig] | None:
+    """`env` with the demo's settings and the checked config, for both demos' start; None after printing a bad
+    setting's one line (the demo then exits 2 before starting anything)."""
     try:
         settings, cfg = demo_settings(env)
     except ConfigError as exc:
         print(f"finsent: error: {exc}", file=sys.stderr)
+        return None
+    return env | settings, cfg
+
+
+def main() -> int:
+    STATE.mkdir(exist_ok=True)
+    keep_ui = os.environ.get("KEEP_UI") == "1"
+    port = int(os.environ.get("PREFECT_PORT", "0")) or free_port()
+    configured = configured_env(demo_env(STATE / "prefect", port))
+    if configured is None:
         return 2
-    env |= settings
+    env, cfg = configured
     processes: list[subprocess.Popen] = []
     server = None
     try:

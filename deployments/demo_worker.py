@@ -15,11 +15,10 @@ import signal
 import subprocess
 import sys
 
-from deployments.demo import BIN, REPO, STATE, _say, _start, demo_env, demo_settings, run_and_report, stop_server
+from deployments.demo import BIN, REPO, STATE, _say, _start, configured_env, demo_env, run_and_report, stop_server
 from emulators._proc import free_port, kill_group, wait_http_ready
 from emulators.gcs import FakeGcs
 from emulators.vertex import VertexEmulator
-from tasks.errors import ConfigError
 
 POOL = "finsent"  # prefect.yaml's definitions.work_pool
 
@@ -41,13 +40,11 @@ def main() -> int:
     keep_ui = os.environ.get("KEEP_UI") == "1"
     port = int(os.environ.get("PREFECT_PORT", "0")) or free_port()
     # The worker looks for runs to start every PREFECT_WORKER_QUERY_SECONDS (10 s by default): 2 s for the demo.
-    env = demo_env(STATE / "prefect-worker", port) | {"PREFECT_WORKER_QUERY_SECONDS": "2", "CI": "true"}
-    try:
-        settings, cfg = demo_settings(env)
-    except ConfigError as exc:
-        print(f"finsent: error: {exc}", file=sys.stderr)
+    configured = configured_env(
+        demo_env(STATE / "prefect-worker", port) | {"PREFECT_WORKER_QUERY_SECONDS": "2", "CI": "true"})
+    if configured is None:
         return 2
-    env |= settings
+    env, cfg = configured
     worker = server = None
     try:
         with FakeGcs() as gcs, VertexEmulator(gcs_endpoint=gcs.endpoint) as vertex:
