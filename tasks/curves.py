@@ -111,12 +111,13 @@ def svg_data_uri(svg: str) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
 
 
-def curves_markdown(model: str, history: list[dict], svg_uri: str | None = None) -> str:
-    """The curves artifact: the chart as an image, the sparkline table, and where the SVG file is."""
+def curves_markdown(model: str, history: list[dict], svg_uri: str | None = None, *, svg: str | None = None) -> str:
+    """The curves artifact: the chart as an image (`svg`, when the caller already drew it), the sparkline table, and
+    where the SVG file is."""
     if not history:
         return f"### {model}: training curves\n\nno finished epoch in metrics.json's train.history"
     lines = [f"### {model}: training curves", "",
-             f"![{model} training curves]({svg_data_uri(curves_svg(history, f'{model}: training curves'))})", "",
+             f"![{model} training curves]({svg_data_uri(svg or curves_svg(history, f'{model}: training curves'))})", "",
              curves_table(history)]
     if svg_uri:
         lines += ["", f"SVG: `{svg_uri}`"]

@@ -49,7 +49,12 @@ PRICED_STRATEGIES = frozenset({"STANDARD"})
 
 
 class UnknownPrice(ValueError):
-    """A machine, GPU, region or strategy with no sourced price; the message names each missing one and this file."""
+    """A machine, GPU, region or strategy with no sourced price; the message names each missing one and this file,
+    `missing` lists them (for a short "not priced" note)."""
+
+    def __init__(self, message: str, missing: list[str] | None = None):
+        super().__init__(message)
+        self.missing = list(missing or [])
 
 
 def describe(machine_type: str, accelerator_type: str | None, accelerator_count: int, region: str,
@@ -82,7 +87,8 @@ def hourly_usd(machine_type: str, accelerator_type: str | None, accelerator_coun
     if missing:
         raise UnknownPrice(
             f"{THIS_FILE} (checked {CHECKED}) has no price for {'; '.join(missing)}; add the figure with its source "
-            f"from {PRICING_PAGE}, or unset max_cost_usd"
+            f"from {PRICING_PAGE}, or unset max_cost_usd",
+            missing,
         )
     return machine + gpu  # type: ignore[operator]  # machine is not None: it would be in `missing`
 

@@ -68,8 +68,7 @@ def job_cost(cfg: PipelineConfig, running_seconds: float) -> tuple[float | None,
     try:
         hourly = cfg.hourly_usd()
     except pricing.UnknownPrice as exc:
-        missing = str(exc).partition(" has no price for ")[2].partition("; add the figure")[0] or str(exc)
-        return None, f"not priced (no sourced price for {missing} in {pricing.THIS_FILE})"
+        return None, f"not priced (no sourced price for {'; '.join(exc.missing) or exc} in {pricing.THIS_FILE})"
     cost = pricing.job_cost_usd(hourly, running_seconds)
     return round(cost, 6), f"${cost:.4f} ({running_seconds:.0f}s RUNNING at ${hourly:.4f}/h, list price {pricing.CHECKED})"
 
@@ -210,14 +209,14 @@ def publish_curves(storage: StorageClient, model: str, metrics: dict, output_uri
     create_table_artifact(key=f"finsent-epochs-{model}", table=epoch_rows(metrics),
                           description=f"{model}: per-epoch train loss and validation figures")
     svg_uri = BucketLayout.curves(output_uri)
-    if history:
+    svg = curves_svg(history, f"{model}: training curves") if history else None
+    if svg:
         try:
-            gcs.write_bytes(storage, svg_uri, curves_svg(history, f"{model}: training curves").encode(),
-                            content_type="image/svg+xml")
+            gcs.write_bytes(storage, svg_uri, svg.encode(), content_type="image/svg+xml")
         except Exception as exc:  # noqa: BLE001 - the chart is also in the artifact below
             get_run_logger().warning(f"[{model}] could not upload {svg_uri} ({type(exc).__name__}: {exc})")
             svg_uri = None
-    create_markdown_artifact(key=f"finsent-curves-{model}", markdown=curves_markdown(model, history, svg_uri))
+    create_markdown_artifact(key=f"finsent-curves-{model}", markdown=curves_markdown(model, history, svg_uri, svg=svg))
 
 
 @task(name="report-skipped")
