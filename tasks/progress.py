@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable
 
 from tasks.layout import BucketLayout
+from trainer.progress import percent_of
 
 PROGRESS_ARTIFACT = "finsent-progress-{tag}"
 #: States in which no replica has run yet: nothing to read.
@@ -41,14 +42,15 @@ def _number(value) -> float | None:
 
 
 def record_percent(record: dict) -> float:
-    """The record's percent, 0-100: its own field, else from epoch/step (a record of an older trainer), else 0."""
+    """The record's percent, 0-100: its own field, else from epoch/step by the trainer's own rule (a record without
+    one), else 0."""
     percent = _number(record.get("percent"))
     if percent is None:
         epochs, epoch = _number(record.get("epochs")), _number(record.get("epoch"))
-        steps, step = _number(record.get("steps_per_epoch")), _number(record.get("step")) or 0.0
         if not epochs or epoch is None:
             return 0.0
-        percent = 100.0 * (max(0.0, epoch - 1) + (min(1.0, step / steps) if steps else 0.0)) / epochs
+        return percent_of(int(epoch), int(_number(record.get("step")) or 0), int(_number(record.get("steps_per_epoch"))
+                          or 0), int(epochs))  # fmt: skip
     return round(min(100.0, max(0.0, percent)), 2)
 
 
