@@ -89,8 +89,10 @@ class Chromium:
                     raise RuntimeError(f"{method}: {message['error']}")
                 return message.get("result", {})
 
-    def evaluate(self, expression: str):
-        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+    def evaluate(self, expression: str, await_promise: bool = False):
+        """The expression's value (a promise's, awaited, with `await_promise`)."""
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                         awaitPromise=await_promise)["result"].get("value")
 
     def open(self, url: str, wait_for: tuple[str, ...] = (), timeout: float = 60) -> str:
         """Navigate to `url` and wait until the page's text holds every string of `wait_for`; that text.

@@ -70,14 +70,22 @@ def test_the_finished_runs_page_shows_its_metrics_summary_and_progress(chromium,
         artifact_page(artifact_key(MODEL), f"Progress: {shown(float(artifacts[artifact_key(MODEL)].data))}%")
 
         # The model's curves: the chart (an SVG data-URI image in the markdown, tasks/curves.py) is drawn, not
-        # stripped by the UI's markdown sanitizer, and the sparkline table beside it is there.
-        artifact_page(f"finsent-curves-{MODEL}", f"{MODEL}: training curves")
-        drawn = ("Array.from(document.images).filter(i => i.src.startsWith('data:image/svg') && i.complete"
-                 " && i.naturalWidth > 0).length")
+        # stripped by the UI's markdown sanitizer, and the sparkline table beside it is there (its "first → last"
+        # column is only in a markdown that holds the chart).
+        page = artifact_page(f"finsent-curves-{MODEL}", f"{MODEL}: training curves", "first → last")
+        # Each SVG image scrolled into view (a lazily loaded image outside the viewport is never fetched) and decoded:
+        # its naturalWidth, or why it failed.
+        decoded = ("Promise.all(Array.from(document.images).filter(i => i.src.startsWith('data:image/svg')).map(i => "
+                   "{ i.scrollIntoView(); return i.decode().then(() => i.naturalWidth, e => 'failed: ' + e); }))")
         deadline = time.monotonic() + 30
-        while not browser.evaluate(drawn) and time.monotonic() < deadline:
-            time.sleep(0.25)
-        assert browser.evaluate(drawn) == 1, "the curves chart is not drawn on its artifact's page"
+        while True:
+            widths = browser.evaluate(decoded, True) or []
+            if any(isinstance(w, int) and w > 0 for w in widths) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert len(widths) == 1 and widths[0] > 0, (
+            f"the curves chart is not drawn on its artifact's page: SVG images {widths}; the markdown begins "
+            f"{artifacts[f'finsent-curves-{MODEL}'].data[:200]!r}; the page shows {page[:500]!r}")
 
         if path := os.environ.get("FINSENT_UI_SCREENSHOT"):
             shoot_flow_run(browser, ui_server, finished_run, Path(path), wait_for=tuple(artifacts))
