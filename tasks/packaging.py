@@ -35,6 +35,7 @@ __all__ = ["SOURCE_DATE_EPOCH", "TrainerPackage", "build_trainer_sdist", "packag
 
 # 1980-01-01: the earliest time every archive format (zip included) can store.
 SOURCE_DATE_EPOCH = 315532800
+CACHE_ENV = "FINSENT_CACHE_DIR"
 
 # Never copied into the build: caches, build outputs, test artefacts, local runs and files that hold secrets.
 EXCLUDE = (
@@ -123,26 +124,36 @@ def _leaked_secrets(sdist: bytes) -> list[tuple[str, str]]:
     return leaks
 
 
-def build_trainer_sdist(trainer_dir: Path, out_dir: Path) -> TrainerPackage:
-    """Build a byte-reproducible sdist of `trainer_dir` into `out_dir`.
+def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where built sdists are kept between runs: $FINSENT_CACHE_DIR/sdist, else $XDG_CACHE_HOME (~/.cache)/finsent/sdist."""
+    environ = os.environ if environ is None else environ
+    if environ.get(CACHE_ENV):
+        return Path(environ[CACHE_ENV]) / "sdist"
+    return Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "finsent" / "sdist"
 
-    Args:
-        trainer_dir: Path. The trainer project (pyproject.toml, requirements.txt, src/).
-        out_dir: Path. Where the .tar.gz goes (created if missing).
 
-    Returns:
-        TrainerPackage. Path, sha256 and file name of the sdist.
+def source_digest(trainer_dir: Path) -> str:
+    """sha256 of everything a build reads: each file the build copies (its path, executable bit and bytes), the build
+    backend and frontend versions, the Python, and this module (its normalisation). Same digest -> same sdist bytes,
+    so a build is done once per change of any of these."""
+    from importlib.metadata import version
 
-    Raises:
-        ConfigError: no pyproject.toml, the build failed, or a secret from the environment ended up inside.
-    """
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(trainer_dir):
+        dirs[:] = sorted(set(dirs) - _ignore(root, dirs))
+        for name in sorted(set(files) - _ignore(root, files)):
+            path = Path(root, name)
+            digest.update(f"{path.relative_to(trainer_dir).as_posix()}\0{os.access(path, os.X_OK)}\0".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    tools = f"setuptools {version('setuptools')} build {version('build')} python {sys.version_info[:2]}"
+    digest.update(tools.encode() + hashlib.sha256(Path(__file__).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _build(trainer_dir: Path) -> tuple[str, bytes]:
+    """(file name, normalised bytes) of a fresh sdist build of `trainer_dir`."""
     import build
 
-    trainer_dir = Path(trainer_dir)
-    if not (trainer_dir / "pyproject.toml").is_file():
-        raise ConfigError(f"{trainer_dir} has no pyproject.toml: point the packaging task at the trainer project")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="finsent-sdist-") as tmp:
         source = Path(tmp) / "src"
         shutil.copytree(trainer_dir, source, ignore=_ignore)
@@ -151,14 +162,62 @@ def build_trainer_sdist(trainer_dir: Path, out_dir: Path) -> TrainerPackage:
             built = Path(builder.build("sdist", Path(tmp) / "dist"))
         except build.BuildBackendException as exc:
             raise ConfigError(f"building the trainer sdist failed ({exc}): run `python -m build --sdist {trainer_dir}` for the full log") from None
-        data = _normalise(built.read_bytes())
+        return built.name, _normalise(built.read_bytes())
+
+
+def _cached_build(trainer_dir: Path, cache: Path | None) -> tuple[str, bytes]:
+    """The sdist of `trainer_dir` from `cache` (one folder per source digest holding the sdist), else built and kept
+    there. A cache entry that cannot be read is rebuilt; a cache that cannot be written only costs the next build."""
+    if cache is None:
+        return _build(trainer_dir)
+    entry = cache / source_digest(trainer_dir)
+    found = sorted(entry.glob("*.tar.gz")) if entry.is_dir() else []
+    if len(found) == 1:
+        try:
+            data = found[0].read_bytes()
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+                archive.getmembers()  # a whole archive, not a torn file
+            return found[0].name, data
+        except (OSError, tarfile.TarError, EOFError):
+            pass
+    name, data = _build(trainer_dir)
+    try:
+        entry.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(entry / name, data)
+    except OSError:
+        pass
+    return name, data
+
+
+def build_trainer_sdist(trainer_dir: Path, out_dir: Path, cache: Path | None = None) -> TrainerPackage:
+    """Build a byte-reproducible sdist of `trainer_dir` into `out_dir`, or take it from `cache` when the same sources
+    were built before (`source_digest`).
+
+    Args:
+        trainer_dir: Path. The trainer project (pyproject.toml, requirements.txt, src/).
+        out_dir: Path. Where the .tar.gz goes (created if missing).
+        cache: Path or None. Built sdists by source digest (`cache_dir()` in the flow); None: always build.
+
+    Returns:
+        TrainerPackage. Path, sha256 and file name of the sdist.
+
+    Raises:
+        ConfigError: no pyproject.toml, the build failed, or a secret from the environment ended up inside (checked
+            on every run, a cached sdist included: the secrets are this run's environment's).
+    """
+    trainer_dir = Path(trainer_dir)
+    if not (trainer_dir / "pyproject.toml").is_file():
+        raise ConfigError(f"{trainer_dir} has no pyproject.toml: point the packaging task at the trainer project")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name, data = _cached_build(trainer_dir, cache)
 
     leaks = _leaked_secrets(data)
     if leaks:
         names = ", ".join(sorted({f"${name} in {member}" for name, member in leaks}))
         raise ConfigError(f"refusing to ship the trainer sdist: it contains the value of {names}; remove it from {trainer_dir}")
     sha256 = hashlib.sha256(data).hexdigest()
-    target = out_dir / built.name
+    target = out_dir / name
     atomic_write_bytes(target, data)
     return TrainerPackage(path=target, sha256=sha256, filename=target.name)
 
@@ -177,7 +236,8 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 @task(name="package-trainer", cache_policy=NO_CACHE)
 def package_trainer(trainer_dir: Path, out_dir: Path) -> TrainerPackage:
-    """Build the trainer sdist reproducibly (no retries: a failed build fails the same way again)."""
-    package = build_trainer_sdist(Path(trainer_dir), Path(out_dir))
+    """Build the trainer sdist reproducibly, once per source change (no retries: a failed build fails the same way
+    again)."""
+    package = build_trainer_sdist(Path(trainer_dir), Path(out_dir), cache=cache_dir())
     get_run_logger().info("Trainer sdist %s sha256 %s", package.filename, package.sha256)
     return package

@@ -1,12 +1,15 @@
 """Shared pytest fixtures. Each owner keeps fixtures in a marked block; keep this file importable."""
 
 import os
+import tempfile
 
 # Before anything imports prefect: no telemetry (its SQLite writes race the test server), no wandb network.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# Built trainer sdists (tasks/packaging.py) go to a cache of the test session, not the user's ~/.cache.
+os.environ.setdefault("FINSENT_CACHE_DIR", tempfile.mkdtemp(prefix="finsent-test-cache-"))
 
 # ---- emulators (owner: emulators/; see docs/emulators.md) ------------------------------------------------------
 import os as _os

@@ -1,4 +1,5 @@
-"""tasks/packaging.py: same source -> same bytes; the tensorflow-text pin; no secrets inside."""
+"""tasks/packaging.py: same source -> same bytes; built once per source change; the tensorflow-text pin; no
+secrets inside."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import ConfigError
-from tasks.packaging import build_trainer_sdist, package_trainer
+from tasks import packaging
+from tasks.packaging import build_trainer_sdist, cache_dir, package_trainer
 from tests.tasks.conftest import REPO
 from tests.tiny_project import write_tiny_project
 
@@ -97,6 +99,50 @@ class TestSecrets:
     def test_missing_project(self, tmp_path):
         with pytest.raises(ConfigError, match=r"has no pyproject.toml"):
             build_trainer_sdist(tmp_path, tmp_path / "out")
+
+
+class TestCache:
+    """An unchanged trainer is not rebuilt on every run (a build is a Python subprocess: ~0.4 s idle, >1 s loaded)."""
+
+    def test_unchanged_sources_are_not_rebuilt_and_give_the_same_bytes(self, tiny_trainer, tmp_path, monkeypatch):
+        first = build_trainer_sdist(tiny_trainer, tmp_path / "a", cache=tmp_path / "cache")
+        touch_caches(tiny_trainer)  # new mtimes and build litter: not sources
+
+        def no_build(_trainer_dir):
+            raise AssertionError("rebuilt an unchanged trainer")
+
+        monkeypatch.setattr(packaging, "_build", no_build)
+        second = build_trainer_sdist(tiny_trainer, tmp_path / "b", cache=tmp_path / "cache")
+        assert (second.sha256, second.filename) == (first.sha256, first.filename)
+        assert second.path.read_bytes() == first.path.read_bytes()
+
+    def test_a_changed_source_is_rebuilt(self, tiny_trainer, tmp_path):
+        first = build_trainer_sdist(tiny_trainer, tmp_path / "a", cache=tmp_path / "cache")
+        (tiny_trainer / "src" / "tiny" / "task.py").write_text("print('train harder')\n")
+        second = build_trainer_sdist(tiny_trainer, tmp_path / "b", cache=tmp_path / "cache")
+        assert second.sha256 != first.sha256
+        assert any(body == b"print('train harder')\n" for body in members(second.path).values())
+        # The same as building without a cache.
+        assert build_trainer_sdist(tiny_trainer, tmp_path / "c").sha256 == second.sha256
+
+    def test_a_torn_cache_entry_is_rebuilt(self, tiny_trainer, tmp_path):
+        first = build_trainer_sdist(tiny_trainer, tmp_path / "a", cache=tmp_path / "cache")
+        (cached,) = (tmp_path / "cache").glob("*/*.tar.gz")
+        cached.write_bytes(cached.read_bytes()[:100])
+        assert build_trainer_sdist(tiny_trainer, tmp_path / "b", cache=tmp_path / "cache").sha256 == first.sha256
+
+    def test_a_cached_sdist_is_still_checked_for_this_runs_secrets(self, tiny_trainer, tmp_path, monkeypatch):
+        secret = f"wandb-{uuid.uuid4().hex}"
+        (tiny_trainer / "src" / "tiny" / "settings.py").write_text(f"KEY = {secret!r}\n")
+        build_trainer_sdist(tiny_trainer, tmp_path / "a", cache=tmp_path / "cache")  # not a secret yet
+        monkeypatch.setenv("WANDB_API_KEY", secret)
+        with pytest.raises(ConfigError, match=r"contains the value of \$WANDB_API_KEY in .*settings.py"):
+            build_trainer_sdist(tiny_trainer, tmp_path / "b", cache=tmp_path / "cache")
+        assert not list((tmp_path / "b").glob("*.tar.gz"))
+
+    def test_where_the_cache_lives(self, tmp_path):
+        assert cache_dir({"FINSENT_CACHE_DIR": str(tmp_path)}) == tmp_path / "sdist"
+        assert cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "finsent" / "sdist"
 
 
 def test_task_fn(tiny_trainer, tmp_path):
