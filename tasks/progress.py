@@ -136,11 +136,13 @@ class ProgressWatcher:
         self.artifact_id = None
         self._warned: set[str] = set()
 
-    def __call__(self, job) -> None:
+    def __call__(self, job) -> bool:
+        """The watch's on_poll: True when the record says training is finished (the watch then polls soon)."""
         try:
             self.poll(getattr(getattr(job, "state", None), "name", None))
         except Exception as exc:  # noqa: BLE001 - on_poll must never raise into the watch
             self._warn_once("poll", f"[{self.model}] progress: {type(exc).__name__}: {exc}; the run goes on")
+        return bool(self.record and self.record.get("finished"))
 
     def poll(self, state_name: str | None) -> None:
         """One poll: read the record if the job has started and it changed; show what is new."""

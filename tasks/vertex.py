@@ -182,12 +182,15 @@ def build_custom_job(cfg: PipelineConfig, request: JobRequest, *, attempt: int =
     return job
 
 
-def next_poll_delay(elapsed: float, previous: float | None, poll) -> float:
+def next_poll_delay(elapsed: float, previous: float | None, poll, finishing: bool = False) -> float:
     """Adaptive backoff: a few seconds while the job starts (state changes seen fast), then growing to the cap.
 
     With the defaults (every second for 30 s, then x1.3 up to 60 s) a one-hour job is polled about 100 times, and
-    every state change in its first minute is seen within about 8 s (bench/orchestration.py).
+    every state change in its first minute is seen within about 8 s (bench/orchestration.py). `finishing`: the
+    trainer has just said its training is done, so the schedule starts again from `poll.finishing_seconds`.
     """
+    if finishing:
+        return poll.finishing_seconds
     if previous is None:
         return poll.initial_seconds
     grown = previous * poll.growth
@@ -520,7 +523,7 @@ class JobRunner:
         timeout_seconds: float | None = None,
         max_wait_seconds: float | None = None,
         on_update: Callable[[aiplatform_v1.CustomJob, float], None] = lambda job, elapsed: None,
-        on_poll: Callable[[aiplatform_v1.CustomJob], None] = lambda job: None,
+        on_poll: Callable[[aiplatform_v1.CustomJob], bool | None] = lambda job: None,
         heartbeat_seconds: float = 300.0,
         max_cost_usd: float | None = None,
         prior_running_seconds: float = 0.0,
@@ -531,7 +534,9 @@ class JobRunner:
         the job and says so: no job is left running unwatched. (A KeyboardInterrupt or Prefect's TerminationSignal
         passes through untouched: tasks/training.py cancels only when the flow run was cancelled.) `on_update`
         hears every state change, and the current state again every `heartbeat_seconds`; `on_poll` hears every
-        successful get, the last one included (it must not raise: it rides on the poll, adding no loop of its own).
+        successful get, the last one included (it must not raise: it rides on the poll, adding no loop of its own);
+        when it returns True (the trainer's record says training finished) the poll schedule starts again from its
+        short `finishing_seconds`, once per watch.
 
         Budget (`max_cost_usd`, by default the runner's): once the job's running cost, hourly list price x its
         RUNNING seconds by Vertex's timestamps plus `prior_running_seconds` of the model's earlier attempts, passes
@@ -549,6 +554,7 @@ class JobRunner:
         spent = {Phase.WAITING: 0.0, Phase.RUNNING: 0.0}
         delay: float | None = None
         last_state = None
+        finishing = restart = False
         try:
             while True:
                 try:
@@ -563,7 +569,8 @@ class JobRunner:
                     if job.state != last_state or now - last_report >= heartbeat_seconds:
                         last_state, last_report = job.state, now
                         on_update(job, now - started)
-                    on_poll(job)
+                    restart = bool(on_poll(job)) and not finishing
+                    finishing = finishing or restart
                     if job.state in TERMINAL_STATES:
                         return job
                     if budget is not None:
@@ -581,7 +588,7 @@ class JobRunner:
                     state = JobState(last_state).name if last_state is not None else "unknown"
                     note = self._cancel_after_watch(name)
                     raise JobTimeoutError(f"stopped watching {name} (last state {state}): {why}; {note}")
-                delay = next_poll_delay(now - started, delay, self.cfg.poll)
+                delay = next_poll_delay(now - started, delay, self.cfg.poll, finishing=restart)
                 # The schedule spaces the GETs: the time on_update/on_poll took (log and progress reads) counts
                 # against the wait, so they do not stretch it (nor the lag at the job's end).
                 time.sleep(max(0.0, delay - (time.monotonic() - now)))
@@ -674,9 +681,9 @@ class JobRunner:
 
             log_lines = job_log_printer(self.cfg, tag, job.name, self.log, more_at=console_url(self.cfg, job.name))
 
-            def on_poll(update: aiplatform_v1.CustomJob) -> None:  # neither part raises (on_poll must not)
+            def on_poll(update: aiplatform_v1.CustomJob) -> bool:  # neither part raises (on_poll must not)
                 log_lines(update)
-                progress(update)
+                return progress(update)  # True once training is finished: poll soon, the job's end is near
 
             done = self.watch(job.name, on_update=report, on_poll=on_poll, prior_running_seconds=ran_before)
             ran_before += running_seconds(done, datetime.now(timezone.utc))

@@ -151,9 +151,9 @@ def test_the_watcher_reads_once_per_started_poll_and_logs_each_epoch_once(gcs_bu
     watcher(_job("JOB_STATE_RUNNING"))
     # a resumed job's first record: below the high-water mark, with the history it resumed from
     blob.upload_from_string(json.dumps(_record(epoch=2, step=0, percent=40.0, history=HISTORY[:1])))
-    watcher(_job("JOB_STATE_RUNNING"))
+    assert watcher(_job("JOB_STATE_RUNNING")) is False, "training not finished: the watch keeps its schedule"
     blob.upload_from_string(json.dumps(_record(percent=100.0, finished=True, history=HISTORY)))
-    watcher(_job("JOB_STATE_SUCCEEDED"))
+    assert watcher(_job("JOB_STATE_SUCCEEDED")) is True, "finished: the watch is told its job's end is near"
     assert client.downloads == 6 and watcher.reads == 6, "one request per poll once the job runs"
     assert watcher.percents == [15.0, 50.0, 50.0, 100.0], "shown once per change, never backwards"
     assert lines == ["[lstm] epoch 1/2: loss 1.0500 val acc 0.6100 macro-F1 0.5800 (3.1s)",

@@ -14,7 +14,7 @@ from tasks.image import image_tag
 from tasks.run_identity import LABEL_FLOW_RUN, identity, run_label
 from tasks.vertex import (
     JOB_PHASES, GiveUp, JobRequest, Phase, RecoveryPolicy, Resubmit, WatchDeadline, build_custom_job,
-    classify_failure, poll_schedule, quota_line, quota_metrics,
+    classify_failure, next_poll_delay, poll_schedule, quota_line, quota_metrics,
 )
 
 CFG = parse_config(
@@ -118,6 +118,18 @@ def test_poll_schedule_is_fast_early_and_cheap_for_long_jobs():
     assert first_minute_gap <= 10, "state changes in the first minute must be seen within 10 s"
     assert calls < 120, f"a one-hour job took {calls} polls"
     assert poll_schedule(PollConfig(), job_seconds=20)[0] >= 15, "a short job is watched every second"
+
+
+def test_a_finished_trainer_restarts_the_schedule_from_a_short_gap_and_costs_few_gets():
+    poll = PollConfig()
+    assert next_poll_delay(1800.0, 60.0, poll, finishing=True) == poll.finishing_seconds
+    # From the short gap back up to the 60 s cap: the extra GETs a long job pays for seeing its end soon.
+    delay, elapsed, calls = None, 1800.0, 0
+    while delay != poll.max_seconds:
+        delay = next_poll_delay(elapsed, delay, poll, finishing=delay is None)
+        elapsed, calls = elapsed + delay, calls + 1
+    assert calls <= 25 and elapsed - 1800.0 < 400
+
 
 
 def test_flex_start_passes_max_wait_and_a_flow_run_labels_its_job():

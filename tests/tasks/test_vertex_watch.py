@@ -162,3 +162,31 @@ def test_a_watch_stopped_by_an_error_cancels_the_job_and_says_so(sleeper_job, ve
         runner.watch(job.name)
     assert _statuses(vertex_admin, "cancel") == [200]
     assert vertex_admin.job(job.name)["state"] in ("JOB_STATE_CANCELLING", "JOB_STATE_CANCELLED")
+
+
+def test_when_the_trainer_says_training_finished_the_watch_polls_soon(sleeper_job, vertex_admin):
+    """on_poll returning True (tasks/progress.py: the record's `finished`) restarts the schedule from
+    `finishing_seconds`, once: a long job's end is not seen a whole long gap late."""
+    import time
+
+    cfg, spec = sleeper_job
+    cfg = cfg.model_copy(update={"poll": cfg.poll.model_copy(update={
+        "initial_seconds": 1.5, "fast_phase_max_seconds": 1.5, "finishing_seconds": 0.1})})
+    runner = vertex.JobRunner(cfg, retry=QUICK_RETRY)
+    job = runner.submit(spec)
+    polls: list[tuple[float, str]] = []
+
+    def on_poll(update) -> bool:
+        polls.append((time.monotonic(), vertex.JobState(update.state).name))
+        return update.state == vertex.JobState.JOB_STATE_RUNNING  # "finished" from the first RUNNING poll on
+
+    done = runner.watch(job.name, timeout_seconds=60, on_poll=on_poll)
+    assert vertex.JobState(done.state).name == "JOB_STATE_SUCCEEDED"
+    first = next(i for i, (_, state) in enumerate(polls) if state == "JOB_STATE_RUNNING")
+    gaps = [b - a for (a, _), (b, _) in zip(polls, polls[1:])]
+    assert all(gap >= 1.4 for gap in gaps[:first]), f"before the hint the schedule's own gaps: {gaps}"
+    after = gaps[first:]
+    assert after and after[0] < 0.6, f"the poll right after the hint comes soon: {gaps}"
+    # Once per watch: from there the gaps grow again (0.1, 0.13, 0.17, ... capped at 1.5 s: ~10 polls in the job's
+    # 3 s), they do not stay at finishing_seconds (~30 polls) though every poll returned True.
+    assert len(after) <= 15, f"the hint restarted the schedule more than once: {gaps}"
