@@ -182,8 +182,9 @@ def test_a_batch_that_does_not_split_over_the_devices_is_one_line(tiny_splits, t
 
 
 def test_several_replicas_on_another_backend_are_refused_in_one_line_before_joining():
-    """docs/scaling.md "Not supported": MirroredStrategy is not wired, so a TensorFlow (or PyTorch) trainer with
-    replicas must stop with the way out rather than train independent copies."""
+    """docs/scaling.md "TensorFlow": MultiWorkerMirroredStrategy is not wired (one machine's devices are:
+    tests/trainer/test_distribute_tf.py), so a TensorFlow (or PyTorch) trainer with replicas must stop with the way
+    out rather than train independent copies."""
     spec = {"cluster": {"workerpool0": ["a:1"], "workerpool1": ["b:1"]}, "task": {"type": "workerpool1", "index": 0}}
     cluster = D.parse_cluster_spec(json.dumps(spec))
     with pytest.raises(ConfigError, match=r"2 replicas: multi-machine training runs on the JAX backend only, not "

@@ -1,20 +1,24 @@
 """Data-parallel training on every device of every replica: the cluster Vertex describes, joining it, and what ran.
 
-One module for the topology, so the rest of the trainer asks only three things: which rows of each batch this
-process feeds (`Topology.rows`), whether it writes the run's files (`is_chief`), and what to report (`describe`).
+One module for the topology, so the rest of the trainer asks only four things: which rows of each batch this
+process feeds (`Topology.rows`), whether it writes the run's files (`is_chief`), what to report (`describe`), and
+the scope to build and compile the model in (`scope`: TensorFlow's strategy; nothing on JAX).
 
 - One replica, one device: nothing changes ("none").
-- One replica, N devices (a machine with N GPUs, or N virtual CPU devices in tests): Keras' DataParallel over the
+- One replica, N devices (a machine with N GPUs, or N virtual CPU devices in tests): data parallel over the
   N devices ("data_parallel"); each batch is split across them and the gradients are averaged (an all-reduce).
+  JAX: Keras' DataParallel distribution. TensorFlow: `tf.distribute.MirroredStrategy` over the N devices (GPUs, or
+  the logical CPU devices a user configured), the model built and compiled in its scope.
 - R replicas (`replica_count` R: workerpool0 = the chief, workerpool1 = R - 1 workers): every process joins one
   JAX cluster (`jax.distributed.initialize`, the chief's address from CLUSTER_SPEC is the coordinator), then
   DataParallel runs over every device of every replica ("multi_worker"). Each process feeds its own contiguous block
   of every global batch; all processes build the same batch plan (same seed, same order), so they step together.
 
 `--batch-size` is the GLOBAL batch: the same settings train the same model whatever the topology (the 2-device run
-matches the 1-device run, tests/trainer/test_distribute.py), and the learning rate is used unchanged. It must divide
-by the number of devices training together. Only the JAX backend distributes; on TensorFlow or PyTorch more than one
-device or replica is refused (finsent's image runs JAX).
+matches the 1-device run, tests/trainer/test_distribute.py and test_distribute_tf.py), and the learning rate is used
+unchanged. It must divide by the number of devices training together. Several replicas train on JAX only (finsent's
+image runs JAX): TensorFlow's MultiWorkerMirroredStrategy is not wired, so a TensorFlow trainer with replicas is
+refused, as is PyTorch with more than one device or replica.
 
 Vertex's cluster description: https://cloud.google.com/vertex-ai/docs/training/distributed-training
 ("CLUSTER_SPEC": {"cluster": {"workerpool0": ["host:port"], "workerpool1": [...]}, "task": {"type": "workerpool0",
@@ -27,8 +31,8 @@ import contextlib
 import json
 import logging
 import os
-from dataclasses import dataclass
-from typing import Iterator, Mapping, Optional, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Any, ContextManager, Iterator, Mapping, Optional, Tuple
 
 from trainer.errors import ConfigError
 
@@ -109,12 +113,14 @@ def is_chief(env: Mapping[str, str] = os.environ) -> bool:
 
 @dataclass(frozen=True)
 class Topology:
-    """What trains: `replicas` processes with `devices` devices each, on a global batch of `global_batch_size`."""
+    """What trains: `replicas` processes with `devices` devices each, on a global batch of `global_batch_size`.
+    `strategy`: the tf.distribute strategy the model is built and trained under (TensorFlow, several devices)."""
 
     replicas: int = 1
     devices: int = 1
     global_batch_size: int = 1
     process_id: int = 0
+    strategy: Any = field(default=None, compare=False, repr=False)
 
     @property
     def total_devices(self) -> int:
@@ -175,8 +181,9 @@ def join(cluster: Cluster, backend: str) -> None:
 
 
 def setup(cluster: Cluster, batch_size: int) -> Topology:
-    """After `join` and the Keras import: count the devices, check the batch divides, and distribute Keras over all
-    of them (DataParallel: variables replicated, batches split on their first axis). Returns what will train."""
+    """After `join` and the Keras import: count the devices, check the batch divides, and distribute over all of
+    them (variables replicated, batches split on their first axis). JAX: Keras' DataParallel, set globally.
+    TensorFlow: a MirroredStrategy on the returned Topology, which `scope` enters. Returns what will train."""
     import keras
 
     backend = keras.backend.backend()
@@ -185,15 +192,17 @@ def setup(cluster: Cluster, batch_size: int) -> Topology:
 
         devices = jax.local_device_count()
     else:
-        devices = len(keras.distribution.list_devices())
-        if devices > 1:
-            raise ConfigError(f"{devices} devices: data-parallel training runs on the JAX backend only, not "
+        devices = len(keras.distribution.list_devices())  # GPUs, else the (logical) CPU devices
+        if devices > 1 and backend != "tensorflow":
+            raise ConfigError(f"{devices} devices: data-parallel training runs on the JAX or TensorFlow backend, not "
                               f"{backend}; set KERAS_BACKEND=jax (finsent's image does) or make one device visible "
                               "(e.g. CUDA_VISIBLE_DEVICES=0)")
     topology = Topology(replicas=cluster.num_processes, devices=devices, global_batch_size=batch_size,
                         process_id=cluster.process_id)
     check_batch(batch_size, topology.replicas, topology.devices)
-    if topology.total_devices > 1:
+    if topology.total_devices > 1 and backend == "tensorflow":
+        topology = replace(topology, strategy=_mirrored_strategy())
+    elif topology.total_devices > 1:
         # auto_shard_dataset=False: each process already feeds only its rows (Topology.rows); Keras' own sharding
         # is for tf.data only.
         keras.distribution.set_distribution(keras.distribution.DataParallel(
@@ -201,6 +210,50 @@ def setup(cluster: Cluster, batch_size: int) -> Topology:
     log.info("distribution %s: %d replica(s) x %d device(s), global batch %d (%d rows per replica)",
              topology.distribution, topology.replicas, topology.devices, batch_size, batch_size // topology.replicas)
     return topology
+
+
+def _mirrored_strategy():
+    """tf.distribute.MirroredStrategy over the devices Keras counted (its default would take the GPUs, or ONE CPU
+    whatever the logical CPU devices). How Keras 3 trains under it (keras/src/backend/tensorflow/trainer.py, 3.15.1):
+    a model built in the strategy's scope keeps it (`TensorFlowTrainer.__init__`: "Model must be created under scope
+    of DistStrat it will be trained with"), and so does the optimizer `compile` creates there; `fit` hands the
+    PyDataset's tf.data pipeline to `strategy.experimental_distribute_dataset` (TFEpochIterator), which splits every
+    global batch into one equal slice per replica; each replica's loss is its slice's mean times 1 / replicas
+    (keras/src/losses/loss.py `scale_loss_for_distribution`) and the strategy sums the replicas' gradients, so an
+    update is the global batch's mean gradient, as on one device; the loss Keras logs is unscaled again
+    (`unscale_loss_for_distribution`). https://www.tensorflow.org/guide/distributed_training#mirroredstrategy"""
+    import tensorflow as tf
+
+    kind = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    names = [d.name for d in tf.config.list_logical_devices(kind)]
+    return tf.distribute.MirroredStrategy(devices=names)
+
+
+def scope(topology: Topology) -> ContextManager:
+    """Where the model is built and compiled: the TensorFlow strategy's scope (its variables mirrored on every
+    device), or nothing to do (JAX distributes through keras.distribution; one device)."""
+    return topology.strategy.scope() if topology.strategy is not None else contextlib.nullcontext()
+
+
+def xla_allowed() -> bool:
+    """Whether `compile` may jit the train step with XLA: not inside a tf.distribute strategy, where XLA cannot
+    reach a mirrored variable on another device ("Trying to access resource .../replica_1 located in device CPU:1
+    from device CPU:0", https://www.tensorflow.org/xla/known_issues#tfvariable_on_a_different_device); Keras' own
+    "auto" turns XLA off under tf.distribute too (keras/src/trainers/trainer.py `_resolve_auto_jit_compile`)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return True
+    import tensorflow as tf
+
+    return not tf.distribute.has_strategy()
+
+
+def one_replica_rows(outputs, rows: int):
+    """`predict_on_batch` under a MirroredStrategy runs the whole batch on every replica and concatenates their
+    results (keras/src/backend/tensorflow/trainer.py: `strategy.run` on a plain batch, then `reduce_per_replica(...,
+    reduction="concat")`): keep the first replica's `rows`. Elsewhere: `outputs` unchanged."""
+    return outputs[:rows]
 
 
 def same_file_everywhere(path: str, topology: Topology) -> str:

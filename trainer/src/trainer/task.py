@@ -190,17 +190,19 @@ def _run(cfg: TrainConfig, splits: dict, work_dir: str) -> dict:
     # upload draws a multipart boundary from Python's random, and only the chief uploads), so every replica of a
     # multi-machine run starts from the same weights (JAX refuses replicated values that differ between processes).
     keras.utils.set_random_seed(cfg.seed)
-    if cfg.model == "bert":
-        model = build_bert(pretrained_dir, len(LABELS), cfg.dropout, cfg.max_seq_len, cfg.pooling, work_dir=work_dir)
-    else:
-        if pad_id != 0:
-            raise CheckpointError(f"vocab {vocab_path}: [PAD] must have id 0 for the lstm's masking, got {pad_id}")
-        embeddings = None
-        if cfg.lstm_embeddings != "learned":
-            embeddings = pretrained_token_embeddings(pretrained_dir, tokenizer.get_vocab_size())
-        model = build_lstm(tokenizer.get_vocab_size(), len(LABELS), cfg.lstm_embedding_dim, cfg.lstm_units,
-                           cfg.dropout, pooling=cfg.lstm_pooling, embeddings=embeddings,
-                           train_embeddings=cfg.lstm_embeddings != "frozen")
+    if cfg.model == "lstm" and pad_id != 0:
+        raise CheckpointError(f"vocab {vocab_path}: [PAD] must have id 0 for the lstm's masking, got {pad_id}")
+    with distribute.scope(topology):  # built and (in train_model) compiled where it trains: TF's strategy
+        if cfg.model == "bert":
+            model = build_bert(pretrained_dir, len(LABELS), cfg.dropout, cfg.max_seq_len, cfg.pooling,
+                               work_dir=work_dir)
+        else:
+            embeddings = None
+            if cfg.lstm_embeddings != "learned":
+                embeddings = pretrained_token_embeddings(pretrained_dir, tokenizer.get_vocab_size())
+            model = build_lstm(tokenizer.get_vocab_size(), len(LABELS), cfg.lstm_embedding_dim, cfg.lstm_units,
+                               cfg.dropout, pooling=cfg.lstm_pooling, embeddings=embeddings,
+                               train_embeddings=cfg.lstm_embeddings != "frozen")
     log.info("model %s: %d parameters", model.name, model.count_params())
 
     hyper = dict(cfg.hyperparameters(), precision=precision, buckets=list(buckets),
@@ -208,8 +210,9 @@ def _run(cfg: TrainConfig, splits: dict, work_dir: str) -> dict:
     tracker = Tracker(cfg.wandb_project if cluster.is_chief else None, cfg.wandb_run_name, cfg.wandb_tags,
                       config=dict(hyper, model=cfg.model), work_dir=os.path.join(work_dir, "wandb"))
     try:
-        result = train_model(cfg, model, batches["train"], batches["validation"], store, tracker,
-                             rows=topology.rows)
+        with distribute.scope(topology):
+            result = train_model(cfg, model, batches["train"], batches["validation"], store, tracker,
+                                 rows=topology.rows)
 
         reports = {}
         for name in ("test", "validation"):

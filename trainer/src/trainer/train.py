@@ -28,7 +28,7 @@ import numpy as np
 from trainer import storage
 from trainer.config import TrainConfig
 from trainer.data import BucketedBatches
-from trainer.distribute import local_scope
+from trainer.distribute import local_scope, one_replica_rows, xla_allowed
 from trainer.errors import ConfigError
 from trainer.metrics import macro_f1
 from trainer.progress import ProgressRecorder, keras_callback as progress_callback
@@ -204,7 +204,8 @@ def predict_logits(model: keras.Model, batches: BucketedBatches) -> np.ndarray:
     n = len(batches.labels)
     out = None
     for b in batches.iterate():
-        logits = np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(b.inputs)), dtype=np.float32)
+        logits = one_replica_rows(model.predict_on_batch(b.inputs), len(b.index))
+        logits = np.asarray(keras.ops.convert_to_numpy(logits), dtype=np.float32)
         if out is None:
             out = np.zeros((n, logits.shape[-1]), dtype=np.float32)
         keep = b.index >= 0
@@ -314,7 +315,7 @@ def train_model(cfg: TrainConfig, model: keras.Model, train: BucketedBatches, va
     model.compile(
         optimizer=make_optimizer(cfg, len(train)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=True,
+        jit_compile=xla_allowed(),
     )
     state = None
     if store is not None:

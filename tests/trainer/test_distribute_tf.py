@@ -1,0 +1,173 @@
+"""Data-parallel training on the TensorFlow backend (trainer/src/trainer/distribute.py): two logical CPU devices
+stand in for two GPUs under tf.distribute.MirroredStrategy, and train the model one device trains with the same
+global batch.
+
+The venv is the image's (trainer/container/requirements.lock, built as tests/trainer/test_container_image.py
+builds it) plus TensorFlow at trainer/requirements-tensorflow.txt's pin (not in the image, which runs JAX), cached
+in .finsent/tf-venv/<key>, keyed by the lock, the pin and the interpreter. The trainer is installed from this
+checkout's sdist (the package the flow ships) at every start, so the cache never holds a stale trainer.
+
+    .venv/bin/python -m pytest tests/trainer/test_distribute_tf.py -q
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_container_image import GPU_ONLY, LOCK, _clean_env, _run, lock_entries, locked_versions
+from test_distribute import _args, _exported_weights, tiny_splits  # noqa: F401  (tiny_splits: a fixture)
+from trainer_testkit import REPO, run_trainer
+
+pytestmark = pytest.mark.slow
+
+TF_PIN = REPO / "trainer" / "requirements-tensorflow.txt"
+CACHE = REPO / ".finsent" / "tf-venv"
+TF = {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+# Two logical CPU devices, the way Keras' own tf.distribute tests make them (keras/src/backend/tensorflow/
+# distribute_test.py): configured before TensorFlow starts its runtime, here by a sitecustomize the test puts on
+# PYTHONPATH. TensorFlow reads no environment variable for it; GPUs need nothing of the kind.
+TWO_CPUS = """import tensorflow as tf
+tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                           [tf.config.LogicalDeviceConfiguration()] * 2)
+"""
+# The 2-device run matches the 1-device run to float32 round-off (measured: per-epoch loss within 2e-7 relative):
+# the two replicas' gradients are summed in another order than one device's reduction sums the batch.
+LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-5
+
+
+@pytest.fixture(scope="module")
+def tf_python(tmp_path_factory) -> Path:
+    base = getattr(sys, "_base_executable", sys.executable)
+    version = _run([base, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"]).stdout.strip()
+    assert version.startswith("3.11."), f"the image runs Python 3.11; this interpreter is {version}"
+    key = hashlib.sha256(LOCK.read_bytes() + TF_PIN.read_bytes() + version.encode()).hexdigest()[:16]
+    venv, started = CACHE / key, time.time()
+    python = venv / "bin" / "python"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)  # one builder at a time
+        if not (venv / "ready.json").exists():
+            for stale in CACHE.iterdir():  # venvs of older locks or pins
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+            _run([base, "-m", "venv", str(venv)])
+            entries = {name: entry for name, entry in lock_entries(LOCK.read_text()).items()
+                       if not GPU_ONLY.match(name)}
+            (venv / "requirements.cpu.lock").write_text("".join(entries.values()))
+            pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+            lock = ["--no-deps", "--require-hashes", "-r", str(venv / "requirements.cpu.lock")]
+            _run(pip + lock, env=_clean_env())
+            # TensorFlow with what it needs beyond the lock, then the lock again: the image's software wins where
+            # TensorFlow's metadata disagrees (tensorflow-cpu 2.21.0 asks for h5py<3.15; the lock has 3.16.0, which
+            # Keras' weights files use); test_the_venv_is_the_lock_plus_tensorflow says what pip check reports.
+            _run(pip + ["-r", str(TF_PIN)], env=_clean_env())
+            _run(pip + lock, env=_clean_env())
+            (venv / "ready.json").write_text(json.dumps({"python": version, "seconds": round(time.time() - started)}))
+        print(f"\ntf venv {venv}: ready in {time.time() - started:.0f} s")
+        from tasks.packaging import build_trainer_sdist
+
+        package = build_trainer_sdist(REPO / "trainer", tmp_path_factory.mktemp("sdist"))
+        _run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+              "--no-build-isolation", "--force-reinstall", str(package.path)], env=_clean_env())
+    print(f"trainer installed, {time.time() - started:.0f} s")
+    return python
+
+
+@pytest.fixture(scope="module")
+def two_cpus(tmp_path_factory) -> dict:
+    site = tmp_path_factory.mktemp("two-cpus")
+    (site / "sitecustomize.py").write_text(TWO_CPUS)
+    return {"PYTHONPATH": str(site)}
+
+
+def test_the_venv_is_the_lock_plus_tensorflow(tf_python):
+    installed = json.loads(_run([str(tf_python), "-c", "import importlib.metadata as m, json; print(json.dumps("
+                                 "{d.metadata['Name'].lower().replace('_', '-'): d.version for d in m.distributions()}))"],
+                                env=_clean_env()).stdout)
+    expected = {name.replace("_", "-"): v for name, v in locked_versions().items() if not GPU_ONLY.match(name)}
+    assert {name: installed.get(name) for name in expected} == expected
+    pin = TF_PIN.read_text().split("tensorflow-cpu==", 1)[1].split()[0]
+    assert installed["tensorflow-cpu"] == pin
+    # pip check: the image venv's two (keras-hub's tensorflow-text and kagglesdk pins, test_container_image.py)
+    # and TensorFlow's h5py ceiling, which the lock's h5py is over; nothing else.
+    check = subprocess.run([str(tf_python), "-m", "pip", "check"], capture_output=True, text=True,
+                           env=_clean_env(), cwd="/")
+    problems = sorted(line for line in check.stdout.splitlines() if line.strip())
+    assert problems == sorted([
+        f"keras-hub {expected['keras-hub']} requires tensorflow-text, which is not installed.",
+        f"keras-hub {expected['keras-hub']} has requirement kagglesdk==0.1.28, but you have kagglesdk "
+        f"{expected['kagglesdk']}.",
+        f"tensorflow-cpu {pin} has requirement h5py<3.15.0,>=3.11.0, but you have h5py {expected['h5py']}."]), problems
+
+
+def _tf_args(splits, vocab_from, out, *extra: str) -> list:
+    """test_distribute.py's tiny BiLSTM without dropout: under MirroredStrategy every replica draws its own dropout
+    mask for its half of the batch, so with dropout the two topologies train the same model only in distribution
+    (measured: epoch-1 loss 0.9896 against 0.9927), not to round-off."""
+    return _args(splits, vocab_from, out, "--dropout", "0", "--epochs", "2", *extra)
+
+
+def test_two_logical_devices_train_the_one_device_model_and_resume(tf_python, two_cpus, tiny_splits, tiny_bert,
+                                                                    tmp_path):
+    """The same global batch of 8 on 1 device and on 2 logical CPU devices (4 rows each) under MirroredStrategy,
+    each killed after epoch 1 and resumed from its checkpoint: the same loss and validation figures every epoch,
+    the same test confusion matrix and exported weights; metrics.json says what ran."""
+    def leg(*extra: str) -> list:
+        runs = {}
+        with ThreadPoolExecutor(2) as pool:
+            for name, env in (("one", TF), ("two", TF | two_cpus)):
+                args = _tf_args(tiny_splits, tiny_bert, tmp_path / name, "--checkpoint-dir", str(tmp_path / f"ck-{name}"),
+                                *extra)
+                runs[name] = pool.submit(run_trainer, *args, python=str(tf_python), extra_env=env)
+        return [runs[name].result() for name in ("one", "two")]
+
+    for killed in leg("--stop-after-epochs", "1"):
+        assert killed.returncode == 75, killed.stdout[-3000:] + killed.stderr
+    for resumed in leg():
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr
+        assert "resuming from" in resumed.stdout
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    m1, m2 = (json.loads((o / "metrics.json").read_text()) for o in (one, two))
+    keys = ("backend", "devices", "replicas", "global_batch_size", "distribution")
+    assert {k: m1["environment"][k] for k in keys} == {
+        "backend": "tensorflow", "devices": 1, "replicas": 1, "global_batch_size": 8, "distribution": "none"}
+    assert {k: m2["environment"][k] for k in keys} == {
+        "backend": "tensorflow", "devices": 2, "replicas": 1, "global_batch_size": 8, "distribution": "data_parallel"}
+    assert m2["environment"]["versions"]["tensorflow"] == m1["environment"]["versions"]["tensorflow"]
+    assert m1["train"]["resumed_from_epoch"] == m2["train"]["resumed_from_epoch"] == 1
+    h1, h2 = (json.loads((o / "history.json").read_text())["epochs"] for o in (one, two))
+    assert [e["epoch"] for e in h2] == [1, 2]
+    np.testing.assert_allclose([e["loss"] for e in h2], [e["loss"] for e in h1], rtol=LOSS_RTOL)
+    assert h1[0]["loss"] > h1[-1]["loss"], "the model must learn, or matching losses prove little"
+    for key in ("val_macro_f1", "val_accuracy"):
+        assert [e[key] for e in h2] == pytest.approx([e[key] for e in h1], abs=1e-6)
+    assert m2["test"]["confusion_matrix"] == m1["test"]["confusion_matrix"]
+    assert np.asarray(m2["test"]["confusion_matrix"]).sum() == 24  # one prediction per test row, not per replica
+    for a, b in zip(_exported_weights(one), _exported_weights(two)):
+        np.testing.assert_allclose(b, a, atol=WEIGHT_ATOL)
+
+
+def test_a_batch_that_does_not_split_over_the_logical_devices_is_one_line(tf_python, two_cpus, tiny_splits,
+                                                                          tiny_bert, tmp_path):
+    proc = run_trainer(*_tf_args(tiny_splits, tiny_bert, tmp_path / "o", "--batch-size", "7"), python=str(tf_python),
+                       extra_env=TF | two_cpus)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr
+    # TensorFlow 2.21's C++ start-up lines ("oneDNN custom operations are on", absl INFO written before
+    # absl::InitializeLog, which TF_CPP_MIN_LOG_LEVEL does not silence) come first; the error is the last line.
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "finsent-trainer: error: --batch-size 7 is the global batch and must divide by the 2 devices training "
+        "together (1 replica(s) x 2 device(s)); use 6 or 8")
+    assert "finsent-trainer: error:" not in "".join(proc.stderr.strip().splitlines()[:-1])
+    assert not (tmp_path / "o").exists()
