@@ -7,7 +7,8 @@ temporary Prefect server (prefect_test_harness), then measures:
    venv cache and this process's imports; each measured run (force=True, new run_key; 3 runs, the median one is
    detailed) then gives flow wall time minus
    the job's own run time (emulator record: createTime -> endTime, and startTime -> endTime), broken down per task
-   (Prefect task runs) and the poll lag (job endTime -> the flow's "SUCCEEDED" log line);
+   (Prefect task runs), the poll lag (job endTime -> the flow's "SUCCEEDED" log line) and the flow's finish (the
+   last task's end -> the call's return: Prefect's teardown, its heartbeat thread's join included);
 2. bytes uploaded by that forced unchanged re-run (content-addressed: target 0), and that a non-forced unchanged
    re-run skips without creating a job;
 3. the progress watch's reads (tasks/progress.py, on the flow's own polls): GCS requests per poll over the measured
@@ -152,6 +153,11 @@ def _measure_flow_run(train, cfg, *, force: bool, run_key: str, admin) -> dict:
         "before_job_create_s": round(created - t0, 3),
         "after_job_end_s": round(t1 - ended, 3),
         "poll_lag_at_end_s": round(noticed[0] - ended, 3) if noticed else None,
+        # The last task's end -> the flow call's return: Prefect's own teardown. Since Prefect 3.9 flows send
+        # heartbeats by default (PREFECT_FLOWS_HEARTBEAT_FREQUENCY 180, PrefectHQ/prefect#21058) from a thread that
+        # sleeps in 1 s steps, and the sync engine joins it on exit (prefect/flow_engine.py _send_heartbeats,
+        # PrefectHQ/prefect#19641): 0-1 s of every flow run's end.
+        "flow_finish_s": round(t1 - t0 - max((s["start_s"] + s["duration_s"] for s in steps.values()), default=0), 3),
         "create_to_submit_log_s": round(submitted[0] - created, 3) if submitted else None,
         "steps": steps,
     }
@@ -293,6 +299,7 @@ def main() -> dict:
                 report["warm_run"] = measured
                 report["warm_runs_overhead_s"] = [r["overhead_s"] for r in runs]
                 report["warm_runs_poll_lag_at_end_s"] = [r["poll_lag_at_end_s"] for r in runs]
+                report["warm_runs_flow_finish_s"] = [r["flow_finish_s"] for r in runs]
                 report["warm_runs_overhead_median_s"] = statistics.median(r["overhead_s"] for r in runs)
                 polls, reads = sum(w.polls for w in watchers), sum(w.reads for w in watchers)
                 report["progress_watch"] = {"polls": polls, "gcs_reads": reads,
