@@ -17,8 +17,9 @@ the scope to build and compile the model in (`scope`: TensorFlow's strategy; not
 `--batch-size` is the GLOBAL batch: the same settings train the same model whatever the topology (the 2-device run
 matches the 1-device run, tests/trainer/test_distribute.py and test_distribute_tf.py), and the learning rate is used
 unchanged. It must divide by the number of devices training together. Several replicas train on JAX only (finsent's
-image runs JAX): TensorFlow's MultiWorkerMirroredStrategy is not wired, so a TensorFlow trainer with replicas is
-refused, as is PyTorch with more than one device or replica.
+image runs JAX): Keras 3 does not train under TensorFlow's MultiWorkerMirroredStrategy (keras-team/keras#20585;
+docs/scaling.md "TensorFlow" has the measured failure), so a TensorFlow trainer with replicas is refused, as is
+PyTorch with more than one device or replica.
 
 Vertex's cluster description: https://cloud.google.com/vertex-ai/docs/training/distributed-training
 ("CLUSTER_SPEC": {"cluster": {"workerpool0": ["host:port"], "workerpool1": [...]}, "task": {"type": "workerpool0",
@@ -166,7 +167,7 @@ def join(cluster: Cluster, backend: str) -> None:
     the first one), so task.py calls it before importing Keras. One process: nothing to do."""
     if cluster.num_processes == 1:
         return
-    if backend != "jax":
+    if backend != "jax":  # Keras 3 cannot fit under TF's MultiWorkerMirroredStrategy (keras-team/keras#20585)
         raise ConfigError(f"{cluster.num_processes} replicas: multi-machine training runs on the JAX backend only, "
                           f"not {backend}; set KERAS_BACKEND=jax (finsent's image does) or replica_count 1")
     import jax
