@@ -85,7 +85,7 @@ PARAMS: Tuple[Param, ...] = (
     Param("batch_size", "int", _both(32),
         "Global batch size (fixed for every padded length): with several GPUs or replicas it is split evenly over "
         "all of them, so it must divide by their number, and the same settings train the same model on any "
-        "topology (docs/scaling.md).", minimum=1, maximum=4096),
+        "topology (on TensorFlow up to each device's own dropout masks; docs/scaling.md).", minimum=1, maximum=4096),
     Param("learning_rate", "float", {"bert": 5e-5, "lstm": 2e-3},
         "Peak learning rate, used as given whatever the number of devices (not scaled with them).", above=0,
         below=1),
