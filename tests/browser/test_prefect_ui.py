@@ -77,7 +77,7 @@ def test_the_finished_runs_page_shows_its_metrics_summary_and_progress(chromium,
         # its naturalWidth, or why it failed.
         decoded = ("Promise.all(Array.from(document.images).filter(i => i.src.startsWith('data:image/svg')).map(i => "
                    "{ i.scrollIntoView(); return i.decode().then(() => i.naturalWidth, e => 'failed: ' + e); }))")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # the markdown view loads its renderer lazily (ui-v2's lazy-markdown)
         while True:
             widths = browser.evaluate(decoded, True) or []
             if any(isinstance(w, int) and w > 0 for w in widths) or time.monotonic() > deadline:
