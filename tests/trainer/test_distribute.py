@@ -138,23 +138,29 @@ def _exported_weights(out) -> list:
     return keras.saving.load_model(str(out / "model.keras")).get_weights()
 
 
-def test_two_devices_train_the_one_device_model_and_resume(tiny_splits, tiny_bert, tmp_path):
-    """The same global batch of 8 on 1 device and on 2 (4 rows each), each run killed after epoch 1 and resumed from
-    its checkpoint (as a preempted job is): the same loss every epoch, the same validation figures and, after every
-    step of 3 epochs, the same weights. (Both legs run side by side, one process per topology.)"""
+def kill_and_resume(make_args, envs: dict, **run) -> None:
+    """Run each topology (`envs`: name -> environment; one process each, side by side) killed after epoch 1, then
+    resumed from its checkpoint, as a preempted job is. `make_args(name, *extra)`: that run's trainer arguments."""
     def leg(*extra: str) -> list:
-        runs = {}
-        with ThreadPoolExecutor(2) as pool:
-            for name, env in (("one", {}), ("two", TWO_DEVICES)):
-                args = _args(tiny_splits, tiny_bert, tmp_path / name, "--checkpoint-dir", str(tmp_path / f"ck-{name}"))
-                runs[name] = pool.submit(run_trainer, *args, *extra, extra_env=env)
-        return [runs[name].result() for name in ("one", "two")]
+        with ThreadPoolExecutor(len(envs)) as pool:
+            runs = {name: pool.submit(run_trainer, *make_args(name, *extra), extra_env=env, **run)
+                    for name, env in envs.items()}
+        return [runs[name].result() for name in envs]
 
     for killed in leg("--stop-after-epochs", "1"):
         assert killed.returncode == 75, killed.stdout[-3000:] + killed.stderr
     for resumed in leg():
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr
         assert "resuming from" in resumed.stdout
+
+
+def test_two_devices_train_the_one_device_model_and_resume(tiny_splits, tiny_bert, tmp_path):
+    """The same global batch of 8 on 1 device and on 2 (4 rows each), each run killed after epoch 1 and resumed from
+    its checkpoint (as a preempted job is): the same loss every epoch, the same validation figures and, after every
+    step of 3 epochs, the same weights. (Both legs run side by side, one process per topology.)"""
+    kill_and_resume(lambda name, *extra: [*_args(tiny_splits, tiny_bert, tmp_path / name, "--checkpoint-dir",
+                                                 str(tmp_path / f"ck-{name}")), *extra],
+                    {"one": {}, "two": TWO_DEVICES})
 
     one, two = tmp_path / "one", tmp_path / "two"
     m1, m2 = (json.loads((o / "metrics.json").read_text()) for o in (one, two))

@@ -19,14 +19,13 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from test_container_image import GPU_ONLY, LOCK, _clean_env, _run, lock_entries, locked_versions
-from test_distribute import _args, _exported_weights, tiny_splits  # noqa: F401  (tiny_splits: a fixture)
+from test_distribute import _args, _exported_weights, kill_and_resume, tiny_splits  # noqa: F401  (tiny_splits: a fixture)
 from trainer_testkit import REPO, run_trainer
 
 pytestmark = pytest.mark.slow
@@ -124,20 +123,9 @@ def test_two_logical_devices_train_the_one_device_model_and_resume(tf_python, tw
     """The same global batch of 8 on 1 device and on 2 logical CPU devices (4 rows each) under MirroredStrategy,
     each killed after epoch 1 and resumed from its checkpoint: the same loss and validation figures every epoch,
     the same test confusion matrix and exported weights; metrics.json says what ran."""
-    def leg(*extra: str) -> list:
-        runs = {}
-        with ThreadPoolExecutor(2) as pool:
-            for name, env in (("one", TF), ("two", TF | two_cpus)):
-                args = _tf_args(tiny_splits, tiny_bert, tmp_path / name, "--checkpoint-dir", str(tmp_path / f"ck-{name}"),
-                                *extra)
-                runs[name] = pool.submit(run_trainer, *args, python=str(tf_python), extra_env=env)
-        return [runs[name].result() for name in ("one", "two")]
-
-    for killed in leg("--stop-after-epochs", "1"):
-        assert killed.returncode == 75, killed.stdout[-3000:] + killed.stderr
-    for resumed in leg():
-        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr
-        assert "resuming from" in resumed.stdout
+    kill_and_resume(lambda name, *extra: _tf_args(tiny_splits, tiny_bert, tmp_path / name, "--checkpoint-dir",
+                                                  str(tmp_path / f"ck-{name}"), *extra),
+                    {"one": TF, "two": TF | two_cpus}, python=str(tf_python))
 
     one, two = tmp_path / "one", tmp_path / "two"
     m1, m2 = (json.loads((o / "metrics.json").read_text()) for o in (one, two))
