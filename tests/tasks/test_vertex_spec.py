@@ -131,7 +131,6 @@ def test_a_finished_trainer_restarts_the_schedule_from_a_short_gap_and_costs_few
     assert calls <= 25 and elapsed - 1800.0 < 400
 
 
-
 def test_flex_start_passes_max_wait_and_a_flow_run_labels_its_job():
     cfg = parse_config({"project": "p", "bucket": "bkt", "machine_type": "g2-standard-8", "accelerator_type": "NVIDIA_L4",
                         "accelerator_count": 1, "scheduling_strategy": "FLEX_START", "max_wait_seconds": 7200})

@@ -67,18 +67,21 @@ def _clean_env(extra: dict | None = None) -> dict:
     return env | _ENV | (extra or {})
 
 
-@pytest.fixture(scope="module")
-def image_python() -> Path:
+def locked_venv(cache: Path, extra_key: bytes = b"", extra_install=None) -> Path:
+    """The image's venv: Python 3.11 (the Dockerfile's base) with the lock less its CUDA wheels, hashes checked, built
+    once per lock (and `extra_key`) in `cache/<key>`; `extra_install(pip, lock_args)` adds to it before it is marked
+    ready (`pip`: the venv's `pip install` command, `lock_args`: what installs the lock). Returns its python."""
     base = getattr(sys, "_base_executable", sys.executable)
     version = _run([base, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"]).stdout.strip()
     assert version.startswith("3.11."), f"the image runs Python 3.11; this interpreter is {version}"
-    key = hashlib.sha256(LOCK.read_bytes() + version.encode()).hexdigest()[:16]
-    venv, started = CACHE / key, time.time()
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / ".lock", "w") as guard:
+    key = hashlib.sha256(LOCK.read_bytes() + extra_key + version.encode()).hexdigest()[:16]
+    venv, started = cache / key, time.time()
+    python = venv / "bin" / "python"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)  # one builder at a time
         if not (venv / "ready.json").exists():
-            for stale in CACHE.iterdir():  # venvs of older locks
+            for stale in cache.iterdir():  # venvs of older locks
                 if stale.is_dir():
                     shutil.rmtree(stale, ignore_errors=True)
             _run([base, "-m", "venv", str(venv)])
@@ -86,11 +89,19 @@ def image_python() -> Path:
             cpu_lock.write_text("".join(entry for name, entry in lock_entries(LOCK.read_text()).items()
                                         if not GPU_ONLY.match(name)))
             # pip ships with the venv; the Dockerfile's base image has its own. The lock is what is installed.
-            _run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                  "--no-deps", "--require-hashes", "-r", str(cpu_lock)], env=_clean_env())
+            pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+            lock_args = ["--no-deps", "--require-hashes", "-r", str(cpu_lock)]
+            _run(pip + lock_args, env=_clean_env())
+            if extra_install is not None:
+                extra_install(pip, lock_args)
             (venv / "ready.json").write_text(json.dumps({"python": version, "seconds": round(time.time() - started)}))
-    print(f"\nimage venv {venv}: ready in {time.time() - started:.0f} s")
-    return venv / "bin" / "python"
+    print(f"\nvenv {venv}: ready in {time.time() - started:.0f} s")
+    return python
+
+
+@pytest.fixture(scope="module")
+def image_python() -> Path:
+    return locked_venv(CACHE)
 
 
 def test_the_venv_is_exactly_the_lock(image_python):

@@ -2,8 +2,7 @@
 stand in for two GPUs under tf.distribute.MirroredStrategy, and train the model one device trains with the same
 global batch.
 
-The venv is the image's (trainer/container/requirements.lock, built as tests/trainer/test_container_image.py
-builds it) plus TensorFlow at trainer/requirements-tensorflow.txt's pin (not in the image, which runs JAX), cached
+The venv is the image's (trainer/container/requirements.lock, built by test_container_image.py's `locked_venv`) plus TensorFlow at trainer/requirements-tensorflow.txt's pin (not in the image, which runs JAX), cached
 in .finsent/tf-venv/<key>, keyed by the lock, the pin and the interpreter. The trainer is installed from this
 checkout's sdist (the package the flow ships) at every start, so the cache never holds a stale trainer.
 
@@ -12,19 +11,15 @@ checkout's sdist (the package the flow ships) at every start, so the cache never
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from test_container_image import GPU_ONLY, LOCK, _clean_env, _run, lock_entries, locked_versions
+from test_container_image import GPU_ONLY, _clean_env, _run, locked_venv, locked_versions
 from test_distribute import _args, _exported_weights, kill_and_resume, tiny_splits  # noqa: F401  (tiny_splits: a fixture)
 from trainer_testkit import REPO, run_trainer
 
@@ -48,38 +43,20 @@ LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-5
 
 @pytest.fixture(scope="module")
 def tf_python(tmp_path_factory) -> Path:
-    base = getattr(sys, "_base_executable", sys.executable)
-    version = _run([base, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"]).stdout.strip()
-    assert version.startswith("3.11."), f"the image runs Python 3.11; this interpreter is {version}"
-    key = hashlib.sha256(LOCK.read_bytes() + TF_PIN.read_bytes() + version.encode()).hexdigest()[:16]
-    venv, started = CACHE / key, time.time()
-    python = venv / "bin" / "python"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / ".lock", "w") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)  # one builder at a time
-        if not (venv / "ready.json").exists():
-            for stale in CACHE.iterdir():  # venvs of older locks or pins
-                if stale.is_dir():
-                    shutil.rmtree(stale, ignore_errors=True)
-            _run([base, "-m", "venv", str(venv)])
-            entries = {name: entry for name, entry in lock_entries(LOCK.read_text()).items()
-                       if not GPU_ONLY.match(name)}
-            (venv / "requirements.cpu.lock").write_text("".join(entries.values()))
-            pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-            lock = ["--no-deps", "--require-hashes", "-r", str(venv / "requirements.cpu.lock")]
-            _run(pip + lock, env=_clean_env())
-            # TensorFlow with what it needs beyond the lock, then the lock again: the image's software wins where
-            # TensorFlow's metadata disagrees (tensorflow-cpu 2.21.0 asks for h5py<3.15; the lock has 3.16.0, which
-            # Keras' weights files use); test_the_venv_is_the_lock_plus_tensorflow says what pip check reports.
-            _run(pip + ["-r", str(TF_PIN)], env=_clean_env())
-            _run(pip + lock, env=_clean_env())
-            (venv / "ready.json").write_text(json.dumps({"python": version, "seconds": round(time.time() - started)}))
-        print(f"\ntf venv {venv}: ready in {time.time() - started:.0f} s")
-        from tasks.packaging import build_trainer_sdist
+    def add_tensorflow(pip: list, lock_args: list) -> None:
+        # TensorFlow with what it needs beyond the lock, then the lock again: the image's software wins where
+        # TensorFlow's metadata disagrees (tensorflow-cpu 2.21.0 asks for h5py<3.15; the lock has 3.16.0, which
+        # Keras' weights files use); test_the_venv_is_the_lock_plus_tensorflow says what pip check reports.
+        _run(pip + ["-r", str(TF_PIN)], env=_clean_env())
+        _run(pip + lock_args, env=_clean_env())
 
-        package = build_trainer_sdist(REPO / "trainer", tmp_path_factory.mktemp("sdist"))
-        _run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-              "--no-build-isolation", "--force-reinstall", str(package.path)], env=_clean_env())
+    started = time.time()
+    python = locked_venv(CACHE, TF_PIN.read_bytes(), add_tensorflow)
+    from tasks.packaging import build_trainer_sdist
+
+    package = build_trainer_sdist(REPO / "trainer", tmp_path_factory.mktemp("sdist"))
+    _run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+          "--no-build-isolation", "--force-reinstall", str(package.path)], env=_clean_env())
     print(f"trainer installed, {time.time() - started:.0f} s")
     return python
 
